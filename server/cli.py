@@ -1,0 +1,235 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Command line: ``python -m server generate | info | worker``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".opus"}
+
+
+class UsageError(ValueError):
+    """Bad command-line input."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m server",
+        description="EMOTE emotional speech-driven FLAME animation: generate expression and jaw "
+                    "parameters from speech, inspect a model, or run the worker the Blender "
+                    "add-on talks to.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    gen = sub.add_parser(
+        "generate", help="speech → FLAME expression (T,100) and jaw (T,3) at 25 fps",
+        description="Generate FLAME expression and jaw parameters (25 fps) from speech. With "
+                    "several inputs, a folder, or --emotion all, OUT is a folder and one file "
+                    "is written per input and emotion (<audio>_<Emotion>.npz).")
+    gen.add_argument("audio", nargs="+", type=Path,
+                     help="audio file(s) (wav, flac, ogg, mp3; m4a/aac with PyAV) or folders")
+    _model_args(gen)
+    gen.add_argument("--flame", type=Path,
+                     help="FLAME model file (.pkl); adds vertices (T,V,3) and faces to the output")
+    gen.add_argument("--emotion", default="Neutral",
+                     help="emotion name, 'all', or a mixture such as 'Happy=0.7,Surprise=0.3' "
+                          "(default: Neutral)")
+    gen.add_argument("--intensity", default="2",
+                     help="0|1|2 or mild|medium|strong (default: 2, strong)")
+    gen.add_argument("--style", default="0",
+                     help="speaking style: index or name, e.g. M003 (default: 0)")
+    gen.add_argument("--condition", type=Path,
+                     help="a .npy of shape (C,) or (N,C) used instead of "
+                          "--emotion/--intensity/--style (C=43 for the official model)")
+    gen.add_argument("--start", type=float, help="start of the audio to use, in seconds")
+    gen.add_argument("--end", type=float, help="end of the audio to use, in seconds")
+    gen.add_argument("--format", choices=("npz", "json"),
+                     help="output format when OUT is a folder (default: npz)")
+    gen.add_argument("-o", "--output", type=Path, required=True,
+                     help="output file (.npz or .json), or a folder for several outputs")
+
+    info = sub.add_parser("info", help="describe a model: emotions, styles, sizes, FLINT source")
+    _model_args(info)
+    info.add_argument("--json", action="store_true", help="print JSON")
+
+    worker = sub.add_parser("worker", help="JSON-lines worker on stdin/stdout (for the add-on)")
+    worker.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
+                        help="exit after this long without requests (default: never)")
+    return parser
+
+
+def _model_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", type=Path, required=True,
+                        help="official EMOTE_v2 folder (cfg.yaml + checkpoints/last.ckpt) or a "
+                             "bundle folder (config.json + model.safetensors)")
+    parser.add_argument("--assets", type=Path,
+                        help="assets root holding MotionPrior/ (default: three levels above an "
+                             "official EMOTE_v2 folder)")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
+                        help="where to run (default: auto = cuda, then mps, then cpu)")
+    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "worker":
+        from server.worker import main as worker_main
+
+        return worker_main(args.idle_timeout)
+    try:
+        if args.command == "info":
+            return _info(args)
+        return _generate(args)
+    except ValueError as exc:  # our errors are ValueErrors with a user-facing sentence
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _load(args: argparse.Namespace) -> Any:
+    import torch
+
+    from server.checkpoints import load_model
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return load_model(args.model, args.assets)
+
+
+def _info(args: argparse.Namespace) -> int:
+    info = _load(args).info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    print(f"Model:        {info['source']} ({info['kind']})")
+    print(f"Emotions:     {', '.join(info['emotions'])}")
+    print(f"Intensities:  {', '.join(info['intensities'])}")
+    print(f"Styles:       {len(info['styles'])} ({', '.join(info['styles'][:6])}"
+          f"{', …' if len(info['styles']) > 6 else ''})")
+    print(f"Condition:    {info['condition_dim']} numbers per frame")
+    print(f"Output:       {info['expression_dim']} expression + {info['jaw_dim']} jaw at "
+          f"{info['fps']} fps")
+    print(f"Audio model:  wav2vec2, {info['audio_layers']} layers × {info['audio_hidden_size']}")
+    print(f"Parameters:   {info['parameters']:,}")
+    print(f"FLINT:        {info['flint']}")
+    for note in info["notes"]:
+        print(f"Note:         {note}")
+    return 0
+
+
+def _audio_inputs(paths: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in paths:
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix.lower() in AUDIO_SUFFIXES)
+            if not found:
+                raise UsageError(f"The folder '{path}' contains no audio files.")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def _parse_choice(text: str) -> Any:
+    """'Happy' → 'Happy'; 'Happy=0.7,Surprise=0.3' → {'Happy': 0.7, 'Surprise': 0.3}."""
+    if "=" not in text:
+        return text
+    mixture = {}
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        try:
+            mixture[name.strip()] = float(weight)
+        except ValueError:
+            raise UsageError(f"Bad weight in '{part}': use NAME=NUMBER, e.g. Happy=0.7.")
+    return mixture
+
+
+def _conditions(args: argparse.Namespace, emotions: list[str]) -> list[tuple[str, Any]]:
+    """(name used in file names, condition) pairs."""
+    if args.condition is not None:
+        import numpy as np
+
+        if not args.condition.is_file():
+            raise UsageError(f"Condition file not found: '{args.condition}'.")
+        try:
+            array = np.load(args.condition, allow_pickle=False)
+        except ValueError as exc:
+            raise UsageError(f"'{args.condition}' is not a .npy array: {exc}") from exc
+        return [(args.condition.stem, array)]
+    names = emotions if args.emotion.strip().lower() == "all" else [args.emotion]
+    return [(name.replace("=", "").replace(",", "+"),
+             {"emotion": _parse_choice(name), "intensity": _parse_choice(args.intensity),
+              "style": _parse_choice(args.style)}) for name in names]
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from server.audio import load_audio
+
+    inputs = _audio_inputs(args.audio)
+    many_emotions = args.condition is None and args.emotion.strip().lower() == "all"
+    batch = len(inputs) > 1 or many_emotions or any(p.is_dir() for p in args.audio)
+    if not batch and args.output.is_dir():
+        raise UsageError(f"'{args.output}' is a folder; give an output file name "
+                         "(.npz or .json).")
+    # Check the single input before the (slow) model load so mistakes fail fast.
+    clips = {} if batch else {inputs[0]: load_audio(inputs[0], args.start, args.end)}
+    flame = None
+    if args.flame is not None:
+        from server.flame import FlameModel, load_flame_file
+
+        flame = FlameModel(load_flame_file(args.flame))
+    loaded = _load(args)
+    from server.animator import Animator
+
+    animator = Animator(loaded, device=args.device)
+    conditions = _conditions(args, list(loaded.config.emotions))
+    if flame is not None and flame.n_expression < loaded.config.n_expression:
+        print(f"warning: the FLAME file has {flame.n_expression} expression components; the "
+              f"model's first {flame.n_expression} are used for vertices", file=sys.stderr)
+    jobs = [(audio, name, cond) for audio in inputs for name, cond in conditions]
+    suffix = "." + (args.format or "npz")
+    failures = 0
+    progress = _progress_bar(len(jobs)) if batch else None
+    for audio, name, condition in jobs:
+        try:
+            clip = clips.get(audio) or load_audio(audio, args.start, args.end)
+            for warning in clip.warnings:
+                print(f"warning: {warning}", file=sys.stderr)
+            take = animator.generate(clip, condition)
+            out = args.output / f"{audio.stem}_{name}{suffix}" if batch else args.output
+            _write(out, take, flame)
+            if not batch:
+                print(f"wrote {out} ({take.frames} frames at {take.fps} fps, {take.label})")
+        except ValueError as exc:
+            if not batch:
+                raise
+            failures += 1
+            print(f"error: {audio}: {exc}", file=sys.stderr)
+        if progress is not None:
+            progress.update(1)
+    if progress is not None:
+        progress.close()
+        print(f"wrote {len(jobs) - failures} of {len(jobs)} takes to {args.output}")
+    return 1 if failures else 0
+
+
+def _write(out: Path, take: Any, flame: Any) -> None:
+    from server.output import write_take
+
+    vertices = faces = None
+    if flame is not None:
+        n = min(flame.n_expression, take.expression.shape[1])
+        vertices = flame.vertices(take.expression[:, :n], take.jaw)
+        faces = flame.data.faces
+    write_take(out, take, vertices, faces)
+
+
+def _progress_bar(total: int) -> Any:
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="take", file=sys.stderr, dynamic_ncols=True)

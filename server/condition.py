@@ -1,0 +1,112 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The per-frame condition EMOTE is driven by: [emotion one-hot | intensity one-hot | style one-hot].
+
+With the official model that is 8 + 3 + 32 = 43 numbers. The style map is linear, so convex
+mixtures (70 % Happy + 30 % Surprise) and per-frame changing conditions are valid inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Union
+
+import numpy as np
+
+# A part of the condition: a name or index, or a mixture {name or index: weight}.
+Choice = Union[str, int, Mapping[Any, float]]
+
+
+class ConditionError(ValueError):
+    """The requested emotion, intensity, style or condition array does not fit the model."""
+
+
+@dataclass(frozen=True)
+class ConditionSpace:
+    emotions: tuple[str, ...]
+    intensities: tuple[str, ...]
+    styles: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.emotions) + len(self.intensities) + len(self.styles)
+
+    def _one_hot(self, names: tuple[str, ...], choice: Choice, what: str) -> np.ndarray:
+        vector = np.zeros(len(names))
+        mixture = choice if isinstance(choice, Mapping) else {choice: 1.0}
+        for key, weight in mixture.items():
+            vector[self._index(names, key, what)] += float(weight)
+        if not np.all(np.isfinite(vector)):
+            raise ConditionError(f"The {what} weights must be finite numbers.")
+        return vector
+
+    @staticmethod
+    def _index(names: tuple[str, ...], key: Any, what: str) -> int:
+        if isinstance(key, (int, np.integer)) and not isinstance(key, bool):
+            if 0 <= int(key) < len(names):
+                return int(key)
+        elif isinstance(key, str):
+            if key.strip().isdigit():
+                return ConditionSpace._index(names, int(key), what)
+            lowered = [n.lower() for n in names]
+            if key.strip().lower() in lowered:
+                return lowered.index(key.strip().lower())
+        raise ConditionError(f"Unknown {what} '{key}'. Choose one of: {', '.join(names)} "
+                             f"(or an index 0–{len(names) - 1}).")
+
+    def vector(self, emotion: Choice = "Neutral", intensity: Choice = 2,
+               style: Choice = 0) -> np.ndarray:
+        """One condition vector (C,) from names, indices or mixtures."""
+        return np.concatenate([
+            self._one_hot(self.emotions, emotion, "emotion"),
+            self._one_hot(self.intensities, intensity, "intensity"),
+            self._one_hot(self.styles, style, "speaking style"),
+        ])
+
+    def per_frame(self, condition: Any, frames: int) -> np.ndarray:
+        """A (T, C) float32 array from a (C,) or (N, C) array, or a dict of
+        ``emotion``/``intensity``/``style`` choices. An (N, C) array with N ≠ T is spread over
+        the clip by linear interpolation, so a condition curve sampled at any rate fits."""
+        if isinstance(condition, Mapping):
+            unknown = set(condition) - {"emotion", "intensity", "style"}
+            if unknown:
+                raise ConditionError(f"Unknown condition field(s): {', '.join(sorted(unknown))}.")
+            condition = self.vector(condition.get("emotion", "Neutral"),
+                                    condition.get("intensity", 2), condition.get("style", 0))
+        array = np.asarray(condition, dtype=np.float64)
+        if array.ndim == 1:
+            array = array[None]
+        if array.ndim != 2 or array.shape[1] != self.size or array.shape[0] == 0:
+            raise ConditionError(
+                f"A condition must have shape ({self.size},) or (frames, {self.size}) for this "
+                f"model ({len(self.emotions)} emotions + {len(self.intensities)} intensities + "
+                f"{len(self.styles)} styles); got {tuple(np.shape(condition))}.")
+        if not np.all(np.isfinite(array)):
+            raise ConditionError("The condition contains NaN or infinite values.")
+        if array.shape[0] == 1:
+            return np.repeat(array, frames, axis=0).astype(np.float32)
+        if array.shape[0] != frames:
+            source = np.linspace(0.0, 1.0, array.shape[0])
+            target = np.linspace(0.0, 1.0, frames)
+            array = np.stack([np.interp(target, source, col) for col in array.T], axis=1)
+        return array.astype(np.float32)
+
+    def describe(self, vector: np.ndarray) -> str:
+        """A short label such as "Happy · strong · M003" for a (C,) vector (largest weights)."""
+        ne, ni = len(self.emotions), len(self.intensities)
+        parts = []
+        for names, values in ((self.emotions, vector[:ne]), (self.intensities, vector[ne:ne + ni]),
+                              (self.styles, vector[ne + ni:])):
+            order = np.argsort(-values)
+            if values[order[0]] <= 0:
+                continue
+            if len(order) > 1 and values[order[1]] > 0:
+                parts.append(f"{names[order[0]]} {values[order[0]]:.0%} + {names[order[1]]}")
+            else:
+                parts.append(names[order[0]])
+        return " · ".join(parts)
+
+
+def space_from_names(emotions: Sequence[str], intensities: Sequence[str],
+                     styles: Sequence[str]) -> ConditionSpace:
+    return ConditionSpace(tuple(emotions), tuple(intensities), tuple(styles))

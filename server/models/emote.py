@@ -1,0 +1,146 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The EMOTE v2 regressor: audio features + a per-frame condition → FLINT latents → FLAME
+expression and jaw. Attribute names follow the official checkpoint keys (``audio_model``,
+``sequence_encoder``, ``sequence_decoder.obj_vector.map``, ``...bert_decoder``,
+``...squasher_2``, ``...motion_prior.motion_decoder``), so loading is a prefix map."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from server.models.attention import BiasedTransformerEncoder
+from server.models.flint import FlintConfig, FlintDecoder
+from server.models.wav2vec2 import AudioEncoder
+
+EMOTIONS = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+INTENSITIES = ["mild", "medium", "strong"]
+MEAD_STYLES = [
+    "M003", "M005", "M007", "M009", "M011", "M012", "M013", "M019", "M022", "M023", "M024",
+    "M025", "M026", "M027", "M028", "M029", "M030", "M031", "W009", "W011", "W014", "W015",
+    "W016", "W018", "W019", "W021", "W023", "W024", "W025", "W026", "W028", "W029",
+]
+
+
+@dataclass
+class EmoteConfig:
+    wav2vec2: dict[str, Any] = field(default_factory=dict)  # Wav2Vec2Config overrides
+    feature_dim: int = 128  # audio projection and style embedding; the transformer is 2×
+    n_heads: int = 8
+    num_layers: int = 1
+    dim_feedforward: int = 256
+    dropout: float = 0.25
+    period: int = 30  # the regressor's bias grows by one slope every 30 frames
+    style_bias: bool = True
+    emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
+    intensities: list[str] = field(default_factory=lambda: list(INTENSITIES))
+    styles: list[str] = field(default_factory=lambda: list(MEAD_STYLES))
+    flint: FlintConfig = field(default_factory=FlintConfig)
+
+    @property
+    def condition_dim(self) -> int:
+        return len(self.emotions) + len(self.intensities) + len(self.styles)
+
+    @property
+    def n_expression(self) -> int:
+        return self.flint.input_dim - 3
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EmoteConfig:
+        data = dict(data)
+        flint = FlintConfig(**data.pop("flint", {}))
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"Unknown EMOTE config keys: {', '.join(unknown)}")
+        return cls(flint=flint, **data)
+
+
+class SequenceEncoder(nn.Module):
+    def __init__(self, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.linear = nn.Linear(in_dim, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(x)
+
+
+class ConditionEmbedding(nn.Module):
+    """The style map: per-frame condition (43) → (128). Linear, so mixtures of one-hots mix."""
+
+    def __init__(self, condition_dim: int, out_dim: int, bias: bool = True) -> None:
+        super().__init__()
+        self.map = nn.Linear(condition_dim, out_dim, bias=bias)
+
+    def forward(self, condition: torch.Tensor) -> torch.Tensor:
+        return self.map(condition)
+
+
+class StackLinearSquash(nn.Module):
+    """Concatenate each 8 consecutive frames and project: (B, T, F) → (B, T/8, latent)."""
+
+    def __init__(self, feature_dim: int, frames: int, out_dim: int) -> None:
+        super().__init__()
+        self.frames = frames
+        self.linear = nn.Linear(feature_dim * frames, out_dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, length, dim = x.shape
+        return self.linear(x.reshape(batch, length // self.frames, self.frames * dim))
+
+
+class MotionPrior(nn.Module):
+    def __init__(self, config: FlintConfig) -> None:
+        super().__init__()
+        self.motion_decoder = FlintDecoder(config)
+
+
+class EmoteDecoder(nn.Module):
+    def __init__(self, config: EmoteConfig) -> None:
+        super().__init__()
+        c = config
+        width = 2 * c.feature_dim  # [audio, style] concatenated
+        self.frames_per_latent = c.flint.frames_per_latent
+        self.obj_vector = ConditionEmbedding(c.condition_dim, c.feature_dim, c.style_bias)
+        self.bert_decoder = BiasedTransformerEncoder(
+            width, c.n_heads, c.dim_feedforward, c.num_layers, c.dropout, c.period)
+        self.decoder = nn.Linear(width, c.feature_dim)
+        self.squasher_2 = StackLinearSquash(c.feature_dim, self.frames_per_latent,
+                                            c.flint.latent_dim)
+        self.motion_prior = MotionPrior(c.flint)
+
+    def latents(self, audio: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """(B, T, 128) audio + (B, T, C) condition → FLINT latents (B, ⌈T/8⌉, 128)."""
+        x = torch.cat([audio, self.obj_vector(condition)], dim=-1)  # (B, T, 256)
+        x = self.decoder(self.bert_decoder(x))  # (B, T, 128)
+        pad = -x.shape[1] % self.frames_per_latent
+        return self.squasher_2(F.pad(x, (0, 0, 0, pad)))  # zero frames at the end
+
+    def forward(self, audio: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        frames = audio.shape[1]
+        motion = self.motion_prior.motion_decoder(self.latents(audio, condition))
+        return motion[:, :frames]  # (B, T, 103)
+
+
+class EmoteModel(nn.Module):
+    def __init__(self, config: EmoteConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.audio_model = AudioEncoder(config.wav2vec2)
+        self.sequence_encoder = SequenceEncoder(self.audio_model.hidden_size, config.feature_dim)
+        self.sequence_decoder = EmoteDecoder(config)
+
+    def encode_audio(self, waveform: torch.Tensor, frames: int) -> torch.Tensor:
+        """Steps 2–5: normalised waveform (B, S) → condition-free features (B, T, 128)."""
+        return self.sequence_encoder(self.audio_model(waveform, frames))
+
+    def decode(self, audio_features: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        """Steps 6–11: features (B, T, 128) + condition (B, T, C) → (B, T, 103)."""
+        return self.sequence_decoder(audio_features, condition)

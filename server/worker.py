@@ -1,0 +1,212 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``python -m server worker``: the long-lived process the Blender add-on talks to.
+
+The main thread reads requests from stdin; one job thread runs loads and generations in order,
+so ``ping`` and ``cancel`` are answered while a job runs. Replies go to the real stdout, one JSON
+line each, under a lock; everything else anything prints goes to stderr so the protocol stream
+stays clean. See :mod:`server.protocol` for the messages.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from server import protocol
+
+
+class Worker:
+    def __init__(self, out: TextIO, idle_timeout: float | None = None) -> None:
+        self.out = out
+        self.idle_timeout = idle_timeout
+        self._write_lock = threading.Lock()
+        self._jobs: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._cancel_events: dict[str, threading.Event] = {}
+        self._busy = threading.Event()
+        self.animator: Any = None
+        self.model_key: tuple | None = None
+
+    # -- output ---------------------------------------------------------------------------
+    def send(self, kind: str, **fields: Any) -> None:
+        line = protocol.encode({"type": kind, **fields})
+        with self._write_lock:
+            try:
+                self.out.write(line)
+                self.out.flush()
+            except (BrokenPipeError, ValueError):
+                pass  # the client is gone; stdin will close and we exit
+
+    # -- main loop ------------------------------------------------------------------------
+    def run(self, stdin: TextIO) -> int:
+        import torch
+
+        mps = getattr(torch.backends, "mps", None)
+        self.send(protocol.READY, version=protocol.VERSION, pid=os.getpid(),
+                  torch=torch.__version__, cuda=bool(torch.cuda.is_available()),
+                  mps=bool(mps is not None and mps.is_available()))
+        job_thread = threading.Thread(target=self._job_loop, name="emote-jobs", daemon=True)
+        job_thread.start()
+        lines: queue.Queue[str | None] = queue.Queue()
+
+        def read() -> None:
+            for line in stdin:
+                lines.put(line)
+            lines.put(None)
+
+        threading.Thread(target=read, name="emote-stdin", daemon=True).start()
+        reason = "stdin closed"
+        last_activity = time.monotonic()
+        while True:
+            try:
+                line = lines.get(timeout=1.0)
+            except queue.Empty:
+                if (self.idle_timeout and not self._busy.is_set() and self._jobs.empty()
+                        and time.monotonic() - last_activity > self.idle_timeout):
+                    reason = "idle"
+                    break
+                continue
+            if line is None:
+                break
+            last_activity = time.monotonic()
+            if not line.strip():
+                continue
+            try:
+                message = protocol.decode(line)
+            except protocol.ProtocolError as exc:
+                self.send(protocol.ERROR, message=str(exc))
+                continue
+            kind = message["type"]
+            if kind == protocol.SHUTDOWN:
+                reason = "shutdown"
+                break
+            if kind == protocol.PING:
+                self.send(protocol.PONG, id=message["id"])
+            elif kind == protocol.CANCEL:
+                event = self._cancel_events.get(str(message["job"]))
+                if event is not None:
+                    event.set()
+            elif kind in (protocol.LOAD, protocol.GENERATE):
+                self._cancel_events[str(message["id"])] = threading.Event()
+                self._jobs.put(message)
+            else:
+                self.send(protocol.ERROR, id=message.get("id"),
+                          message=f"'{kind}' is a reply, not a request.")
+        for event in list(self._cancel_events.values()):
+            event.set()
+        self._jobs.put(None)
+        job_thread.join(timeout=5.0)
+        self.send(protocol.BYE, reason=reason)
+        return 0
+
+    # -- jobs -----------------------------------------------------------------------------
+    def _job_loop(self) -> None:
+        while True:
+            message = self._jobs.get()
+            if message is None:
+                return
+            job_id = str(message["id"])
+            cancel = self._cancel_events.setdefault(job_id, threading.Event())
+            self._busy.set()
+            try:
+                if cancel.is_set():
+                    raise _cancelled()
+                if message["type"] == protocol.LOAD:
+                    self._load(message)
+                else:
+                    self._generate(message, cancel)
+            except Exception as exc:  # every failure is a reply, never a dead pipe
+                from server.animator import Cancelled
+
+                if isinstance(exc, Cancelled):
+                    self.send(protocol.CANCELLED, id=job_id)
+                else:
+                    self.send(protocol.ERROR, id=job_id, message=_user_message(exc))
+                    if not isinstance(exc, ValueError):
+                        traceback.print_exc(file=sys.stderr)
+            finally:
+                self._busy.clear()
+                self._cancel_events.pop(job_id, None)
+
+    def _load(self, message: dict[str, Any]) -> None:
+        import torch
+
+        from server.animator import Animator
+        from server.checkpoints import load_model
+
+        if message.get("threads"):
+            torch.set_num_threads(int(message["threads"]))
+        key = (str(message["model"]), str(message.get("assets")), message.get("device", "auto"))
+        if self.animator is None or key != self.model_key:
+            loaded = load_model(message["model"], message.get("assets"))
+            self.animator = Animator(loaded, device=message.get("device", "auto"))
+            self.model_key = key
+        self.send(protocol.LOADED, id=message["id"], info=self.animator.loaded.info(),
+                  device=str(self.animator.device))
+
+    def _generate(self, message: dict[str, Any], cancel: threading.Event) -> None:
+        from server.audio import load_audio
+
+        if self.animator is None:
+            raise ValueError("No model is loaded: send a 'load' request first.")
+        job_id = message["id"]
+        started = time.perf_counter()
+        clip = load_audio(message["audio"], message.get("start"), message.get("end"))
+        cached = self.animator.cached(clip)
+        last = [0.0]
+
+        def progress(stage: str, fraction: float) -> None:
+            now = time.perf_counter()
+            if fraction >= 1.0 or now - last[0] > 0.1:
+                last[0] = now
+                self.send(protocol.PROGRESS, id=job_id, stage=stage, fraction=round(fraction, 4))
+
+        take = self.animator.generate(clip, message["condition"], progress, cancel)
+        if cancel.is_set():
+            raise _cancelled()
+        reply: dict[str, Any] = {
+            "id": job_id, "frames": take.frames, "fps": take.fps, "label": take.label,
+            "cached": cached, "seconds": round(time.perf_counter() - started, 4),
+            "warnings": clip.warnings,
+        }
+        if message.get("output"):
+            from server.output import write_take
+
+            reply["output"] = str(write_take(Path(message["output"]), take))
+        else:
+            reply["expression"] = _rows(take.expression)
+            reply["jaw"] = _rows(take.jaw)
+        self.send(protocol.RESULT, **reply)
+
+
+def _rows(array: np.ndarray) -> list[list[float]]:
+    return np.asarray(array, np.float64).tolist()
+
+
+def _cancelled() -> Exception:
+    from server.animator import Cancelled
+
+    return Cancelled("Cancelled.")
+
+
+def _user_message(exc: Exception) -> str:
+    if isinstance(exc, (ValueError, FileNotFoundError)):
+        return str(exc)
+    if isinstance(exc, MemoryError):
+        return "Out of memory while generating; try a shorter clip or the CPU device."
+    return f"Internal error ({type(exc).__name__}: {exc}); see the worker log."
+
+
+def main(idle_timeout: float | None = None) -> int:
+    """Run the worker on this process's stdin/stdout."""
+    protocol_out = sys.stdout
+    sys.stdout = sys.stderr  # stray prints must not corrupt the protocol stream
+    worker = Worker(protocol_out, idle_timeout=idle_timeout)
+    return worker.run(sys.stdin)
