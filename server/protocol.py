@@ -9,8 +9,10 @@ dead pipe: any failure is an ``error`` reply, and it exits when its stdin closes
 
 Requests (client → worker)
   ``ping``      {id}                                → ``pong``
-  ``load``      {id, model, assets?, device?, threads?}
-                model: official EMOTE_v2 folder or bundle folder; device: auto|cpu|cuda|mps
+  ``load``      {id, model, assets?, device?, threads?, window?, overlap?}
+                model: official EMOTE_v2 folder or bundle folder; device: auto|cpu|cuda|mps;
+                window/overlap: long-audio window and overlap in frames (multiples of 8;
+                defaults 1200 and 96); loading the same settings again is instant
                                                     → ``loaded`` {info, device}
   ``generate``  {id, audio, start?, end?, condition, output?}
                 audio: a file path; start/end: seconds into the file (the strip's trim);

@@ -1,0 +1,134 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Loading the official release layout and our bundles: strict keys, safe unpickling."""
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from server.audio import clip_from_samples
+from server.animator import Animator
+from server.checkpoints import LoadedModel, ModelFolderError, load_model, save_bundle
+from server.safe_pickle import UnsafeFileError, foreign_pickle_module, load_torch_checkpoint
+from tests.builders import (
+    lightning_checkpoint,
+    official_state_dict,
+    random_model,
+    speech_like,
+    write_official_release,
+)
+
+CONDITION = {"emotion": "Anger", "intensity": "strong", "style": "W019"}
+
+
+def _take(model, config_source=None):
+    loaded = model if isinstance(model, LoadedModel) else LoadedModel(
+        model=model, config=model.config, kind="test", source=config_source, flint_source="")
+    clip = clip_from_samples(speech_like(2.0, seed=3))
+    return Animator(loaded, device="cpu").generate(clip, CONDITION)
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory):
+    assets = tmp_path_factory.mktemp("assets")
+    emote, model = write_official_release(assets, seed=7)
+    return assets, emote, model
+
+
+def test_official_release_loads_with_every_key_matched(release):
+    assets, emote, model = release
+    loaded = load_model(emote)
+    assert loaded.kind == "official"
+    assert loaded.config.condition_dim == 43 and loaded.config.period == 30
+    assert loaded.flint_source.endswith("loss_total=0.0123.ckpt")  # the smallest val loss
+    ours = loaded.model.state_dict()
+    for key, value in model.state_dict().items():
+        assert torch.equal(ours[key], value), key
+    assert ours["sequence_decoder.motion_prior.motion_decoder.expander.0.2.num_batches_tracked"] \
+        == 1234
+    np.testing.assert_array_equal(_take(loaded).expression, _take(model).expression)
+
+
+def test_flint_decoder_comes_from_flint_checkpoint_when_emote_lacks_it(tmp_path):
+    emote, model = write_official_release(tmp_path, seed=8, decoder_in_emote=False)
+    loaded = load_model(emote)
+    assert any("FLINT checkpoint" in note for note in loaded.notes)
+    key = "sequence_decoder.motion_prior.motion_decoder.cross_smooth_layer.weight"
+    assert torch.equal(loaded.model.state_dict()[key], model.state_dict()[key])
+
+
+def test_renamed_key_fails_naming_it(tmp_path):
+    emote, model = write_official_release(tmp_path, seed=9)
+    ckpt = emote / "checkpoints" / "last.ckpt"
+    state = official_state_dict(model)
+    state["sequence_decoder.squasher_2.projection.weight"] = state.pop(
+        "sequence_decoder.squasher_2.linear.weight")
+    torch.save(lightning_checkpoint(state, {}), ckpt, pickle_module=foreign_pickle_module)
+    with pytest.raises(ModelFolderError) as error:
+        load_model(emote)
+    message = str(error.value)
+    assert "missing: sequence_decoder.squasher_2.linear.weight" in message
+    assert "unexpected: sequence_decoder.squasher_2.projection.weight" in message
+
+
+def test_assets_root_can_be_given_explicitly(tmp_path, release):
+    assets, emote, _ = release
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(emote, moved / "EMOTE_v2")
+    with pytest.raises(ModelFolderError, match="FLINT motion prior .* was not found"):
+        load_model(moved / "EMOTE_v2")
+    assert load_model(moved / "EMOTE_v2", assets=assets).kind == "official"
+
+
+class _Trap:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+def test_booby_trapped_checkpoint_is_refused_and_runs_nothing(tmp_path, release):
+    _, emote, _ = release
+    folder = tmp_path / "EMOTE_v2"
+    shutil.copytree(emote, folder)
+    marker = tmp_path / "pwned"
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": _Trap(marker)}, ckpt)
+    with pytest.raises(UnsafeFileError, match="posix.system|os.system"):
+        load_torch_checkpoint(ckpt)
+    with pytest.raises(UnsafeFileError):
+        load_model(folder, assets=emote.parents[2])
+    assert not marker.exists()
+
+
+def test_lightning_extras_load_as_inert_records(release):
+    _, emote, _ = release
+    checkpoint = load_torch_checkpoint(emote / "checkpoints" / "last.ckpt")
+    assert checkpoint["epoch"] == 41
+    hyper = checkpoint["hyper_parameters"]
+    assert type(hyper).__name__ == "AttributeDict" and "cfg" in hyper.state
+    assert [type(k).__name__ for k in checkpoint["callbacks"]] == ["type"]
+
+
+def test_bundle_round_trip_gives_identical_takes(tmp_path):
+    model = random_model(seed=11)
+    save_bundle(tmp_path / "bundle", model, flint_source="test")
+    loaded = load_model(tmp_path / "bundle")
+    assert loaded.kind == "bundle" and loaded.info()["styles"][0] == "M003"
+    np.testing.assert_array_equal(_take(loaded).jaw, _take(model).jaw)
+
+
+def test_wrong_folders_are_explained(tmp_path):
+    with pytest.raises(ModelFolderError, match="not found"):
+        load_model(tmp_path / "nope")
+    (tmp_path / "random").mkdir()
+    (tmp_path / "random" / "readme.txt").write_text("hi")
+    with pytest.raises(ModelFolderError, match="is not an EMOTE model folder"):
+        load_model(tmp_path / "random")
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "cfg.yaml").write_text("model: {}\n")
+    with pytest.raises(ModelFolderError, match="no checkpoints/last.ckpt"):
+        load_model(tmp_path / "half")
