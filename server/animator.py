@@ -13,6 +13,7 @@ the whole-clip result.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
@@ -81,25 +82,22 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 def plan_windows(frames: int, window: int, overlap: int, grid: int = 8) -> list[tuple[int, int]]:
-    """Windows [start, end) covering ``frames``; starts on the latent grid; the last window is
-    pulled back to full length so it never has less context than the others."""
+    """Windows [start, end) covering ``frames``: as few as fit in ``window`` frames each, all of
+    equal length (so every window has the same context), starts on the latent grid, and
+    consecutive windows sharing at least ``overlap`` frames."""
     if window % grid or overlap % grid or not 0 <= overlap < window:
         raise ValueError(f"window ({window}) and overlap ({overlap}) must be multiples of {grid} "
                          "with overlap < window")
     if frames <= window:
         return [(0, frames)]
+    count = math.ceil((frames - overlap) / (window - overlap))
+    hop = math.ceil((frames - overlap) / count / grid) * grid  # ≤ window - overlap
     windows = []
-    start = 0
-    while True:
-        end = start + window
-        if end >= frames:
-            last = max(0, (frames - window) // grid * grid)
-            while windows and windows[-1][0] >= last:  # swallowed by the last window
-                windows.pop()
-            windows.append((last, frames))
+    for k in range(count):
+        start = k * hop
+        windows.append((start, min(start + hop + overlap, frames)))
+        if start + hop + overlap >= frames:
             break
-        windows.append((start, end))
-        start += window - overlap
     return windows
 
 
@@ -107,7 +105,7 @@ def crossfade(parts: list[np.ndarray], windows: list[tuple[int, int]], frames: i
     """Join per-window outputs, blending linearly where consecutive windows overlap."""
     out = np.zeros((frames,) + parts[0].shape[1:], dtype=np.float64)
     done = 0  # frames [0, done) are final unless the next window overlaps them
-    for (start, end), part in zip(windows, parts):
+    for (start, end), part in zip(windows, parts, strict=True):
         if start < done:
             n = done - start
             ramp = ((np.arange(n) + 0.5) / n).reshape((n,) + (1,) * (part.ndim - 1))
@@ -177,7 +175,7 @@ class Animator:
         cond = torch.from_numpy(per_frame).to(self.device)
         parts = []
         with torch.inference_mode():
-            for i, ((start, end), feats) in enumerate(zip(features.windows, features.features)):
+            for i, ((start, end), feats) in enumerate(zip(features.windows, features.features, strict=True)):
                 _check(cancel)
                 motion = self.model.decode(feats, cond[start:end][None])  # (1, n, 103)
                 parts.append(motion[0].double().cpu().numpy())

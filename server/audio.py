@@ -32,6 +32,7 @@ class AudioClip:
     source_rate: int
     source_channels: int
     warnings: list[str] = field(default_factory=list)
+    _hash: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def frames(self) -> int:
@@ -42,7 +43,10 @@ class AudioClip:
         return len(self.samples) / SAMPLE_RATE
 
     def content_hash(self) -> str:
-        return hashlib.blake2b(self.samples.tobytes(), digest_size=16).hexdigest()
+        """Identity of the samples, the key of the feature cache (computed once per clip)."""
+        if self._hash is None:
+            self._hash = hashlib.blake2b(self.samples.tobytes(), digest_size=16).hexdigest()
+        return self._hash
 
 
 def frame_count(samples: int) -> int:

@@ -169,7 +169,7 @@ def wav2vec2_overrides(specifier: str, roots: list[Path]) -> dict[str, Any]:
 
 def official_config(cfg: dict[str, Any], state: Mapping[str, torch.Tensor],
                     flint: FlintConfig, roots: list[Path]) -> EmoteConfig:
-    """EmoteConfig from the official ``cfg.yaml`` (and the checkpoint where the config is silent)."""
+    """EmoteConfig from the official ``cfg.yaml`` (the checkpoint fills what it leaves out)."""
     decoder = _get(cfg, "model.sequence_decoder")
     bias_type = decoder.get("temporal_bias_type", "faceformer_future")
     if bias_type != "faceformer_future":
@@ -393,7 +393,8 @@ def load_bundle(folder: Path) -> LoadedModel:
     try:
         config = EmoteConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as exc:
-        raise ModelFolderError(f"'{folder / 'config.json'}' has an invalid model config: {exc}")
+        raise ModelFolderError(
+            f"'{folder / 'config.json'}' has an invalid model config: {exc}") from exc
     model = EmoteModel(config)
     try:
         state = load_file(folder / "model.safetensors")

@@ -145,7 +145,7 @@ def _parse_choice(text: str) -> Any:
         try:
             mixture[name.strip()] = float(weight)
         except ValueError:
-            raise UsageError(f"Bad weight in '{part}': use NAME=NUMBER, e.g. Happy=0.7.")
+            raise UsageError(f"Bad weight in '{part}': use NAME=NUMBER, e.g. Happy=0.7.") from None
     return mixture
 
 

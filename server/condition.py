@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The per-frame condition EMOTE is driven by: [emotion one-hot | intensity one-hot | style one-hot].
+"""The per-frame condition EMOTE is driven by:
+[emotion one-hot | intensity one-hot | style one-hot].
 
 With the official model that is 8 + 3 + 32 = 43 numbers. The style map is linear, so convex
 mixtures (70 % Happy + 30 % Surprise) and per-frame changing conditions are valid inputs.

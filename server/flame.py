@@ -92,7 +92,8 @@ def _dense_from_sparse_state(state: dict, key: str, path: Path) -> np.ndarray:
             cls = scipy.sparse.csr_matrix if fmt == "csr" else scipy.sparse.csc_matrix
             matrix = cls((state["data"], state["indices"], state["indptr"]), shape=shape)
     except (KeyError, TypeError, ValueError) as exc:
-        raise FlameFileError(f"'{path}': the sparse '{key}' matrix could not be read ({exc}).")
+        raise FlameFileError(
+            f"'{path}': the sparse '{key}' matrix could not be read ({exc}).") from exc
     return np.asarray(matrix.todense())
 
 

@@ -40,7 +40,7 @@ def random_model(config: EmoteConfig | None = None, seed: int = 0) -> EmoteModel
     torch.manual_seed(seed)
     model = EmoteModel(config or tiny_config())
     with torch.no_grad():
-        for name, module in model.named_modules():
+        for module in model.modules():
             if isinstance(module, torch.nn.BatchNorm1d):
                 module.running_mean.normal_(0, 0.3)
                 module.running_var.uniform_(0.5, 2.0)

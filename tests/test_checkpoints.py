@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from server.audio import clip_from_samples
 from server.animator import Animator
+from server.audio import clip_from_samples
 from server.checkpoints import LoadedModel, ModelFolderError, load_model, save_bundle
 from server.safe_pickle import UnsafeFileError, foreign_pickle_module, load_torch_checkpoint
 from tests.builders import (

@@ -1,7 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The stdio worker as the add-on drives it: a real subprocess speaking JSON lines."""
 
-import json
 import os
 import queue
 import subprocess

@@ -50,7 +50,7 @@ def temporal_bias(frames: int, n_heads: int, period: int = 1,
 
 
 class BiasedSelfAttention(nn.Module):
-    """Multi-head self-attention with an additive float bias, named like ``nn.MultiheadAttention``."""
+    """Multi-head self-attention plus an additive float bias (``nn.MultiheadAttention`` names)."""
 
     def __init__(self, d_model: int, n_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -108,8 +108,19 @@ class BiasedTransformerEncoder(nn.Module):
             BiasedEncoderLayer(d_model, n_heads, dim_feedforward, dropout)
             for _ in range(num_layers))
 
+        self._bias_cache: tuple[tuple, torch.Tensor] | None = None
+
+    def bias(self, frames: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The temporal bias for ``frames``, kept for the next call of the same length (a
+        re-generation decodes the same windows again)."""
+        key = (frames, device, dtype)
+        if self._bias_cache is None or self._bias_cache[0] != key:
+            self._bias_cache = (key, temporal_bias(frames, self.n_heads, self.period, device,
+                                                   dtype))
+        return self._bias_cache[1]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        bias = temporal_bias(x.shape[1], self.n_heads, self.period, x.device, x.dtype)
+        bias = self.bias(x.shape[1], x.device, x.dtype)
         for layer in self.layers:
             x = layer(x, bias)
         return x

@@ -57,7 +57,8 @@ class FlintDecoder(nn.Module):
             nn.BatchNorm1d(c.feature_dim),
         )
         self.expander = nn.ModuleList(
-            [first] + [_conv_block(c.feature_dim, c.feature_dim) for _ in range(c.quant_factor - 1)])
+            [first]
+            + [_conv_block(c.feature_dim, c.feature_dim) for _ in range(c.quant_factor - 1)])
         self.decoder_linear_embedding = nn.Linear(c.feature_dim, c.feature_dim)
         self.decoder_transformer = BiasedTransformerEncoder(
             c.feature_dim, c.n_heads, c.dim_feedforward, c.num_layers, dropout=0.0, period=1)
