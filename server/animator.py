@@ -175,7 +175,8 @@ class Animator:
         cond = torch.from_numpy(per_frame).to(self.device)
         parts = []
         with torch.inference_mode():
-            for i, ((start, end), feats) in enumerate(zip(features.windows, features.features, strict=True)):
+            pairs = zip(features.windows, features.features, strict=True)
+            for i, ((start, end), feats) in enumerate(pairs):
                 _check(cancel)
                 motion = self.model.decode(feats, cond[start:end][None])  # (1, n, 103)
                 parts.append(motion[0].double().cpu().numpy())
