@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from server.audio import FPS, SAMPLES_PER_FRAME, AudioClip, normalise
-from server.checkpoints import LoadedModel
-from server.condition import ConditionSpace
+from .audio import FPS, SAMPLES_PER_FRAME, AudioClip, normalise
+from .checkpoints import LoadedModel
+from .condition import ConditionSpace
 
 DEFAULT_WINDOW = 1200  # frames (48 s): the official maximum, so such clips are processed whole
 DEFAULT_OVERLAP = 96  # frames (3.84 s) shared by neighbouring windows, cross-faded

@@ -25,9 +25,9 @@ from typing import Any
 
 import torch
 
-from server.models.emote import MEAD_STYLES, EmoteConfig, EmoteModel
-from server.models.flint import Flint, FlintConfig
-from server.safe_pickle import load_torch_checkpoint
+from .models.emote import MEAD_STYLES, EmoteConfig, EmoteModel
+from .models.flint import Flint, FlintConfig
+from .safe_pickle import load_torch_checkpoint
 
 BUNDLE_FORMAT = "emote-bundle"
 FLINT_BUNDLE_FORMAT = "flint-bundle"

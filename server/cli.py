@@ -76,7 +76,7 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "worker":
-        from server.worker import main as worker_main
+        from .worker import main as worker_main
 
         return worker_main(args.idle_timeout)
     try:
@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 def _load(args: argparse.Namespace) -> Any:
     import torch
 
-    from server.checkpoints import load_model
+    from .checkpoints import load_model
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -168,7 +168,7 @@ def _conditions(args: argparse.Namespace, emotions: list[str]) -> list[tuple[str
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from server.audio import load_audio
+    from .audio import load_audio
 
     inputs = _audio_inputs(args.audio)
     many_emotions = args.condition is None and args.emotion.strip().lower() == "all"
@@ -180,11 +180,11 @@ def _generate(args: argparse.Namespace) -> int:
     clips = {} if batch else {inputs[0]: load_audio(inputs[0], args.start, args.end)}
     flame = None
     if args.flame is not None:
-        from server.flame import FlameModel, load_flame_file
+        from .flame import FlameModel, load_flame_file
 
         flame = FlameModel(load_flame_file(args.flame))
     loaded = _load(args)
-    from server.animator import Animator
+    from .animator import Animator
 
     animator = Animator(loaded, device=args.device)
     conditions = _conditions(args, list(loaded.config.emotions))
@@ -219,7 +219,7 @@ def _generate(args: argparse.Namespace) -> int:
 
 
 def _write(out: Path, take: Any, flame: Any) -> None:
-    from server.output import write_take
+    from .output import write_take
 
     vertices = faces = None
     if flame is not None:

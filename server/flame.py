@@ -18,7 +18,13 @@ from typing import Any
 
 import numpy as np
 
-from server.safe_pickle import ForeignObject, ForeignPickler, Stub, UnsafeFileError, load_pickle
+from .safe_pickle import (
+    ForeignObject,
+    ForeignPickler,
+    Stub,
+    UnsafeFileError,
+    load_pickle,
+)
 
 SHAPE_SPACE_DIM = 300  # FLAME's shapedirs: columns 0-299 identity, 300-399 expression
 N_JOINTS = 5  # root (global), neck, jaw, left eye, right eye
@@ -81,20 +87,27 @@ def _as_array(value: Any, key: str, path: Path) -> np.ndarray:
 
 
 def _dense_from_sparse_state(state: dict, key: str, path: Path) -> np.ndarray:
-    import scipy.sparse
-
+    """A dense array from a pickled scipy sparse matrix's fields (NumPy only: Blender's Python
+    has no scipy)."""
     try:
-        shape = tuple(state.get("_shape") or state["shape"])
+        shape = tuple(int(n) for n in (state.get("_shape") or state["shape"]))
         fmt = state.get("format", "csc")
+        data = np.asarray(state["data"], np.float64)
+        dense = np.zeros(shape)
         if fmt == "coo" or "row" in state:
-            matrix = scipy.sparse.coo_matrix((state["data"], (state["row"], state["col"])), shape)
+            np.add.at(dense, (np.asarray(state["row"]), np.asarray(state["col"])), data)
+            return dense
+        indices = np.asarray(state["indices"], np.int64)
+        indptr = np.asarray(state["indptr"], np.int64)
+        outer = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
+        if fmt == "csr":
+            np.add.at(dense, (outer, indices), data)
         else:
-            cls = scipy.sparse.csr_matrix if fmt == "csr" else scipy.sparse.csc_matrix
-            matrix = cls((state["data"], state["indices"], state["indptr"]), shape=shape)
-    except (KeyError, TypeError, ValueError) as exc:
+            np.add.at(dense, (indices, outer), data)
+        return dense
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise FlameFileError(
             f"'{path}': the sparse '{key}' matrix could not be read ({exc}).") from exc
-    return np.asarray(matrix.todense())
 
 
 def load_flame_file(path: str | Path, landmark_embedding: str | Path | None = None) -> FlameData:
@@ -183,7 +196,7 @@ def _read_landmark_embedding(data: FlameData, embedding: Path) -> None:
 
 
 def load_pickle_stream(stream: Any) -> Any:
-    from server.safe_pickle import RestrictedUnpickler
+    from .safe_pickle import RestrictedUnpickler
 
     return RestrictedUnpickler(stream, encoding="latin1").load()
 

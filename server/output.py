@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from server.animator import Take
+from .animator import Take
 
 
 def take_arrays(take: Take, vertices: np.ndarray | None = None,

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from server import protocol
+from . import protocol
 
 
 class Worker:
@@ -123,7 +123,7 @@ class Worker:
                 else:
                     self._generate(message, cancel)
             except Exception as exc:  # every failure is a reply, never a dead pipe
-                from server.animator import Cancelled
+                from .animator import Cancelled
 
                 if isinstance(exc, Cancelled):
                     self.send(protocol.CANCELLED, id=job_id)
@@ -138,8 +138,8 @@ class Worker:
     def _load(self, message: dict[str, Any]) -> None:
         import torch
 
-        from server.animator import Animator
-        from server.checkpoints import load_model
+        from .animator import Animator
+        from .checkpoints import load_model
 
         if message.get("threads"):
             torch.set_num_threads(int(message["threads"]))
@@ -154,7 +154,7 @@ class Worker:
                   device=str(self.animator.device))
 
     def _generate(self, message: dict[str, Any], cancel: threading.Event) -> None:
-        from server.audio import load_audio
+        from .audio import load_audio
 
         if self.animator is None:
             raise ValueError("No model is loaded: send a 'load' request first.")
@@ -179,7 +179,7 @@ class Worker:
             "warnings": clip.warnings,
         }
         if message.get("output"):
-            from server.output import write_take
+            from .output import write_take
 
             reply["output"] = str(write_take(Path(message["output"]), take))
         else:
@@ -193,7 +193,7 @@ def _rows(array: np.ndarray) -> list[list[float]]:
 
 
 def _cancelled() -> Exception:
-    from server.animator import Cancelled
+    from .animator import Cancelled
 
     return Cancelled("Cancelled.")
 

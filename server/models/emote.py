@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from server.models.attention import BiasedTransformerEncoder
-from server.models.flint import FlintConfig, FlintDecoder
-from server.models.wav2vec2 import AudioEncoder
+from .attention import BiasedTransformerEncoder
+from .flint import FlintConfig, FlintDecoder
+from .wav2vec2 import AudioEncoder
 
 EMOTIONS = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
 INTENSITIES = ["mild", "medium", "strong"]

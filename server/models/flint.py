@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
-from server.models.attention import BiasedTransformerEncoder
+from .attention import BiasedTransformerEncoder
 
 
 @dataclass

@@ -1,0 +1,109 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Every difference between Blender 4.2, 4.5 and 5.0 that the add-on meets, in one place.
+
+- Sequencer: 4.2 has ``sequences``/``sequences_all``; 4.4–4.5 both; 5.0 only ``strips``.
+- Actions: 4.4 introduced slotted actions (layers → strips → channel bags → F-curves); 5.0
+  removed ``action.fcurves``. A slot is only used when ``AnimData.action_slot`` points at it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+SLOTTED_ACTIONS = hasattr(bpy.types.Action, "slots")
+
+
+# -- sequencer ---------------------------------------------------------------------------------
+
+def sequencer_scene(context: Any) -> Any:
+    """The scene whose sequencer the user works in (5.0 may differ from context.scene)."""
+    return getattr(context, "sequencer_scene", None) or context.scene
+
+
+def all_strips(scene: Any) -> list[Any]:
+    editor = scene.sequence_editor
+    if editor is None:
+        return []
+    strips = getattr(editor, "strips_all", None)
+    if strips is None:
+        strips = editor.sequences_all
+    return list(strips)
+
+
+def top_strips(editor: Any) -> Any:
+    """The collection that ``new_sound`` lives on."""
+    strips = getattr(editor, "strips", None)
+    return strips if strips is not None else editor.sequences
+
+
+def new_sound_strip(scene: Any, name: str, filepath: str, channel: int, frame_start: int) -> Any:
+    editor = scene.sequence_editor or scene.sequence_editor_create()
+    return top_strips(editor).new_sound(name, filepath, channel, frame_start)
+
+
+def is_sound_strip(strip: Any) -> bool:
+    return getattr(strip, "type", None) == "SOUND"
+
+
+# -- actions -----------------------------------------------------------------------------------
+
+def new_action(name: str, owner: Any) -> Any:
+    """A new Action for ``owner`` (an ID), with a slot for it where slots exist."""
+    action = bpy.data.actions.new(name)
+    if SLOTTED_ACTIONS:
+        slot = action.slots.new(id_type=owner.id_type, name=owner.name)
+        layer = action.layers.new("Layer")
+        strip = layer.strips.new(type="KEYFRAME")
+        strip.channelbag(slot, ensure=True)
+    else:
+        action.id_root = owner.id_type
+    return action
+
+
+def action_slot(action: Any, owner: Any) -> Any:
+    """The slot of ``action`` for ``owner``'s ID type (None before slotted actions)."""
+    if not SLOTTED_ACTIONS:
+        return None
+    for slot in action.slots:
+        if slot.target_id_type in (owner.id_type, "UNSPECIFIED"):
+            return slot
+    return action.slots.new(id_type=owner.id_type, name=owner.name)
+
+
+def fcurves(action: Any, owner: Any) -> Any:
+    """The F-curve collection of ``action`` that animates ``owner``."""
+    if not SLOTTED_ACTIONS:
+        return action.fcurves
+    slot = action_slot(action, owner)
+    if not action.layers:
+        action.layers.new("Layer")
+    layer = action.layers[0]
+    if not layer.strips:
+        layer.strips.new(type="KEYFRAME")
+    return layer.strips[0].channelbag(slot, ensure=True).fcurves
+
+
+def assign_action(owner: Any, action: Any | None) -> None:
+    """Make ``action`` the active action of ``owner`` (and point at its slot), or clear it."""
+    anim = owner.animation_data or owner.animation_data_create()
+    anim.action = action
+    if action is not None and SLOTTED_ACTIONS:
+        anim.action_slot = action_slot(action, owner)
+
+
+def active_action(owner: Any) -> Any | None:
+    anim = owner.animation_data
+    return anim.action if anim is not None else None
+
+
+def new_nla_strip(owner: Any, track_name: str, action: Any, start: int) -> Any:
+    """Push ``action`` to a new NLA track of ``owner`` starting at frame ``start``."""
+    anim = owner.animation_data or owner.animation_data_create()
+    track = anim.nla_tracks.new()
+    track.name = track_name
+    strip = track.strips.new(action.name, int(start), action)
+    if SLOTTED_ACTIONS and hasattr(strip, "action_slot"):
+        strip.action_slot = action_slot(action, owner)
+    return strip

@@ -1,0 +1,100 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The EMOTE panel, in the 3D Viewport sidebar and the Sequencer sidebar."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+
+from . import compat, rig
+
+
+class EMOTE_UL_takes(bpy.types.UIList):
+    def draw_item(self, context: Any, layout: Any, data: Any, item: Any, icon: Any,
+                  active_data: Any, active_property: str, index: int = 0) -> None:
+        layout.prop(item, "name", text="", emboss=False, icon="ACTION")
+
+
+def draw_emote(layout: Any, context: Any) -> None:
+    """Shared by both panels; a plain function so it can be exercised headless."""
+    settings = context.scene.emote
+    mesh = settings.rig or rig.find_rig_object(context)
+
+    box = layout.box()
+    box.prop(settings, "rig")
+    box.label(text=f"Head: {mesh.name}" if mesh else "Head: none selected",
+              icon="OUTLINER_OB_MESH" if mesh else "ERROR")
+    strip_name = settings.strip
+    if not strip_name:
+        scene = compat.sequencer_scene(context)
+        editor = scene.sequence_editor
+        active = editor.active_strip if editor is not None else None
+        strip_name = active.name if active is not None and compat.is_sound_strip(active) else ""
+    box.prop(settings, "strip")
+    box.label(text=f"Audio: {strip_name}" if strip_name else "Audio: select a sound strip",
+              icon="SOUND" if strip_name else "ERROR")
+
+    col = layout.column(align=True)
+    col.prop(settings, "emotion")
+    col.prop(settings, "intensity")
+    col.prop(settings, "style")
+    col.prop(settings, "second_emotion")
+    sub = col.row()
+    sub.enabled = settings.second_emotion != "-1"
+    sub.prop(settings, "mix", slider=True)
+    col.prop(settings, "animated")
+
+    if settings.running:
+        row = layout.row(align=True)
+        row.progress(factor=settings.progress, text=settings.status or "Generating…")
+        row.operator("emote.cancel", text="", icon="X")
+    else:
+        layout.operator("emote.generate", icon="PLAY_SOUND")
+        if settings.status:
+            layout.label(text=settings.status)
+
+    if mesh is not None:
+        layout.label(text="Takes")
+        row = layout.row()
+        row.template_list("EMOTE_UL_takes", "", mesh, "emote_takes", mesh, "emote_active_take",
+                          rows=3)
+        row.operator("emote.take_delete", text="", icon="REMOVE")
+        index = mesh.emote_active_take
+        if 0 <= index < len(mesh.emote_takes):
+            take = mesh.emote_takes[index]
+            col = layout.column(align=True)
+            col.label(text=take.label)
+            col.prop(take, "offset")
+            col.prop(take, "mouth", slider=True)
+            col.prop(take, "upper", slider=True)
+            col.prop(take, "smoothing")
+            row = layout.row(align=True)
+            row.prop(settings, "bake_mode", text="")
+            row.operator("emote.bake", icon="NLA")
+    layout.separator()
+    layout.prop(settings, "exp_pattern")
+    layout.operator("emote.create_flame_head", icon="MESH_MONKEY")
+
+
+class EMOTE_PT_view3d(bpy.types.Panel):
+    bl_label = "EMOTE Lip-Sync"
+    bl_space_type = "VIEW_3D"
+    bl_region_type = "UI"
+    bl_category = "EMOTE"
+
+    def draw(self, context: Any) -> None:
+        draw_emote(self.layout, context)
+
+
+class EMOTE_PT_sequencer(bpy.types.Panel):
+    bl_label = "EMOTE Lip-Sync"
+    bl_space_type = "SEQUENCE_EDITOR"
+    bl_region_type = "UI"
+    bl_category = "EMOTE"
+
+    def draw(self, context: Any) -> None:
+        draw_emote(self.layout, context)
+
+
+CLASSES = (EMOTE_UL_takes, EMOTE_PT_view3d, EMOTE_PT_sequencer)

@@ -1,0 +1,123 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Scene settings (``scene.emote``) and the takes stored on each FLAME mesh."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import bpy
+from bpy.props import (
+    BoolProperty,
+    CollectionProperty,
+    EnumProperty,
+    FloatProperty,
+    IntProperty,
+    PointerProperty,
+    StringProperty,
+)
+
+EMOTIONS = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+INTENSITIES = [("0", "Mild", "MEAD level 1"), ("1", "Medium", "MEAD level 2"),
+               ("2", "Strong", "MEAD level 3")]
+MEAD_STYLES = [
+    "M003", "M005", "M007", "M009", "M011", "M012", "M013", "M019", "M022", "M023", "M024",
+    "M025", "M026", "M027", "M028", "M029", "M030", "M031", "W009", "W011", "W014", "W015",
+    "W016", "W018", "W019", "W021", "W023", "W024", "W025", "W026", "W028", "W029",
+]
+
+# What the loaded model offers; refreshed when the worker reports a loaded model.
+MODEL_INFO: dict[str, Any] = {"styles": list(MEAD_STYLES), "emotions": list(EMOTIONS)}
+_style_items: list[tuple[str, str, str]] = []
+
+
+def _styles(self: Any, context: Any) -> list[tuple[str, str, str]]:
+    # Blender keeps only pointers to these strings: the list must outlive the call.
+    _style_items.clear()
+    for i, name in enumerate(MODEL_INFO["styles"]):
+        _style_items.append((str(i), name, f"Speaking style {name}"))
+    return _style_items
+
+
+_emotion_items = [(str(i), name, name) for i, name in enumerate(EMOTIONS)]
+_second_items = [("-1", "None", "No second emotion")] + _emotion_items
+
+
+def _reapply(self: Any, context: Any) -> None:
+    from . import operators
+
+    operators.reapply_take_controls(self.id_data, self)
+
+
+def _switch(self: Any, context: Any) -> None:
+    from . import operators
+
+    operators.switch_take(self)
+
+
+class EmoteTake(bpy.types.PropertyGroup):
+    name: StringProperty(name="Name", description="Name of the take")
+    label: StringProperty(name="Settings", description="The condition it was generated with")
+    shape_action: PointerProperty(type=bpy.types.Action, name="Face Action")
+    armature_action: PointerProperty(type=bpy.types.Action, name="Jaw Action")
+    strip_name: StringProperty(name="Strip")
+    condition: StringProperty(name="Condition", description="The request's condition (JSON)")
+    offset: FloatProperty(name="Offset", description="Shift the take in time (scene frames)",
+                          default=0.0, soft_min=-50, soft_max=50, update=_reapply)
+    mouth: FloatProperty(name="Mouth", description="Strength of jaw and lower-face motion",
+                         default=1.0, min=0.0, soft_max=2.0, update=_reapply)
+    upper: FloatProperty(name="Upper Face", description="Strength of upper-face motion",
+                         default=1.0, min=0.0, soft_max=2.0, update=_reapply)
+    smoothing: FloatProperty(name="Smoothing",
+                             description="Temporal smoothing (Gaussian sigma, 25 fps frames)",
+                             default=0.0, min=0.0, soft_max=5.0, update=_reapply)
+
+
+class EmoteSettings(bpy.types.PropertyGroup):
+    rig: PointerProperty(type=bpy.types.Object, name="Head",
+                         description="FLAME head mesh (empty: from the selection)",
+                         poll=lambda self, obj: obj.type == "MESH")
+    strip: StringProperty(name="Audio Strip",
+                          description="Sound strip to use (empty: the active/selected one)")
+    emotion: EnumProperty(name="Emotion", items=_emotion_items, default="1")
+    intensity: EnumProperty(name="Intensity", items=INTENSITIES, default="2")
+    style: EnumProperty(name="Speaking Style", items=_styles)
+    second_emotion: EnumProperty(name="Second Emotion", items=_second_items, default="-1")
+    mix: FloatProperty(name="Mix", description="Share of the second emotion", default=0.0,
+                       min=0.0, max=1.0, subtype="FACTOR")
+    animated: BoolProperty(
+        name="Animated Emotion",
+        description="Sample the (keyframed) emotion, intensity and mix at every frame")
+    exp_pattern: StringProperty(
+        name="Expression Keys",
+        description="Override the expression shape-key names: a pattern with {n} (1-based) "
+                    "or {i} (0-based), e.g. Expr_{n:02d}. Empty: detect Exp1… or Exp000…")
+    bake_mode: EnumProperty(name="Bake", items=[
+        ("NLA", "NLA Strips", "Push the take to NLA strips at the audio strip's position"),
+        ("ACTION", "Into Current Action",
+         "Write the take's keys into the current actions over its frame range")], default="NLA")
+    running: BoolProperty(name="Running", default=False, options={"SKIP_SAVE"})
+    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
+                            options={"SKIP_SAVE"})
+    status: StringProperty(name="Status", default="", options={"SKIP_SAVE"})
+
+
+CLASSES = (EmoteTake, EmoteSettings)
+
+
+def register() -> None:
+    for cls in CLASSES:
+        bpy.utils.register_class(cls)
+    bpy.types.Scene.emote = PointerProperty(type=EmoteSettings)
+    bpy.types.Object.emote_takes = CollectionProperty(type=EmoteTake)
+    bpy.types.Object.emote_active_take = IntProperty(name="Take", default=-1, update=_switch)
+    bpy.types.Object.emote_original_shape_action = PointerProperty(type=bpy.types.Action)
+    bpy.types.Object.emote_original_armature_action = PointerProperty(type=bpy.types.Action)
+
+
+def unregister() -> None:
+    for name in ("emote_original_armature_action", "emote_original_shape_action",
+                 "emote_active_take", "emote_takes"):
+        delattr(bpy.types.Object, name)
+    del bpy.types.Scene.emote
+    for cls in reversed(CLASSES):
+        bpy.utils.unregister_class(cls)

@@ -1,0 +1,286 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""FLAME rigs in the scene: finding them, reading their naming convention, creating one.
+
+Two naming conventions are recognised: the official FLAME add-on's (``Exp1..``, ``Pose1..18``,
+bones ``root neck jaw left_eye right_eye``) and SMPL-X style (``Exp000..``, ``Pose000..``).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import bpy
+import numpy as np
+
+OFFICIAL, SMPLX = "OFFICIAL", "SMPLX"
+BONE_NAMES = ["root", "neck", "jaw", "left_eye", "right_eye"]
+JAW_CORRECTIVES = range(9, 18)  # 0-based pose-feature indices of the jaw (after the neck's 9)
+_SMPLX_EXP = re.compile(r"^Exp(\d{3})$")
+_OFFICIAL_EXP = re.compile(r"^Exp([1-9]\d*)$")
+
+
+class RigError(ValueError):
+    """The selection is not a usable FLAME rig; the message says what to do."""
+
+
+@dataclass
+class Rig:
+    mesh: Any
+    armature: Any | None
+    convention: str
+    expression_keys: list[str]  # index k → shape key name for expression coefficient k
+    corrective_keys: list[str | None]  # the jaw's 9 correctives, None where missing
+    jaw_bone: str | None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def shape_keys(self) -> Any:
+        return self.mesh.data.shape_keys
+
+
+def expression_key_name(convention: str, k: int) -> str:
+    return f"Exp{k:03d}" if convention == SMPLX else f"Exp{k + 1}"
+
+
+def pose_key_name(convention: str, i: int) -> str:
+    return f"Pose{i:03d}" if convention == SMPLX else f"Pose{i + 1}"
+
+
+def detect_convention(names: list[str]) -> str | None:
+    if any(_SMPLX_EXP.match(n) for n in names):
+        return SMPLX
+    if any(_OFFICIAL_EXP.match(n) for n in names):
+        return OFFICIAL
+    return None
+
+
+def _armature_of(mesh: Any) -> Any | None:
+    if mesh.parent is not None and mesh.parent.type == "ARMATURE":
+        return mesh.parent
+    for modifier in mesh.modifiers:
+        if modifier.type == "ARMATURE" and modifier.object is not None:
+            return modifier.object
+    return None
+
+
+def _has_expression_keys(obj: Any) -> bool:
+    keys = getattr(getattr(obj, "data", None), "shape_keys", None)
+    return bool(keys) and detect_convention([k.name for k in keys.key_blocks]) is not None
+
+
+def find_rig_object(context: Any) -> Any | None:
+    """The FLAME mesh implied by the selection: the active mesh, or a mesh of the active
+    armature."""
+    candidates = [context.active_object] + list(getattr(context, "selected_objects", []))
+    for obj in candidates:
+        if obj is None:
+            continue
+        if obj.type == "MESH" and _has_expression_keys(obj):
+            return obj
+        if obj.type == "ARMATURE":
+            for child in obj.children:
+                if child.type == "MESH" and _has_expression_keys(child):
+                    return child
+    return None
+
+
+def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> Rig:
+    """Read ``mesh``'s keys and armature. ``exp_pattern`` overrides the expression key names:
+    a format string with ``{i}`` (0-based) or ``{n}`` (1-based), e.g. ``Expr_{n:02d}``."""
+    if mesh is None or mesh.type != "MESH":
+        raise RigError("Select the FLAME head mesh (or its armature).")
+    keys = mesh.data.shape_keys
+    names = [k.name for k in keys.key_blocks] if keys else []
+    convention = detect_convention(names) or OFFICIAL
+    if exp_pattern:
+        wanted = [exp_pattern.format(i=k, n=k + 1) for k in range(n_expression)]
+    else:
+        wanted = [expression_key_name(convention, k) for k in range(n_expression)]
+    present = set(names)
+    expression = []
+    for name in wanted:
+        if name not in present:
+            break
+        expression.append(name)
+    if not expression:
+        raise RigError(f"'{mesh.name}' has no FLAME expression shape keys (Exp1… or Exp000…). "
+                       "Use a head made by the FLAME add-on or 'Create FLAME Head'.")
+    notes = []
+    if len(expression) < n_expression:
+        notes.append(f"The rig has {len(expression)} expression keys; the first "
+                     f"{len(expression)} of the model's {n_expression} are used.")
+    correctives = [pose_key_name(convention, i) if pose_key_name(convention, i) in present
+                   else None for i in JAW_CORRECTIVES]
+    armature = _armature_of(mesh)
+    jaw = None
+    if armature is not None:
+        for bone in armature.data.bones:
+            if bone.name.lower() == "jaw":
+                jaw = bone.name
+                break
+    if jaw is None:
+        notes.append("No jaw bone found: expression is applied, the jaw is not animated.")
+    return Rig(mesh=mesh, armature=armature, convention=convention, expression_keys=expression,
+               corrective_keys=correctives, jaw_bone=jaw, notes=notes)
+
+
+def check_editable(rig: Rig) -> None:
+    """A linked rig cannot take keys; a library override can."""
+    for obj in (rig.mesh, rig.armature):
+        if obj is None:
+            continue
+        data = [obj, obj.data]
+        if obj is rig.mesh and rig.shape_keys is not None:
+            data.append(rig.shape_keys)
+        for block in data:
+            if block.library is not None and block.override_library is None:
+                raise RigError(
+                    f"'{obj.name}' is linked from '{block.library.filepath}' and cannot be "
+                    "animated. Make it editable with Object ▸ Library Override ▸ Make, then "
+                    "generate again.")
+
+
+# -- FLAME frame of a rig ----------------------------------------------------------------------
+
+def flame_frame(rig: Rig, flame: Any | None) -> tuple[np.ndarray, float, str]:
+    """(C, scale, note): the rotation taking FLAME coordinates to the rig's armature space.
+
+    Heads made by this add-on store theirs. Otherwise, with the user's FLAME file, a rigid fit
+    (Kabsch) of the rest mesh to FLAME's template; without it, armature space is taken as FLAME
+    space and the note says so.
+    """
+    arm = rig.armature
+    if arm is not None and "emote_flame_to_armature" in arm:
+        c = np.asarray(arm["emote_flame_to_armature"], np.float64).reshape(3, 3)
+        return c, float(arm.get("emote_flame_scale", 1.0)), ""
+    if flame is not None and arm is not None and len(rig.mesh.data.vertices) == flame.n_vertices:
+        rest = np.zeros(len(rig.mesh.data.vertices) * 3)
+        rig.mesh.data.vertices.foreach_get("co", rest)
+        rest = rest.reshape(-1, 3)
+        to_arm = np.array(arm.matrix_world.inverted() @ rig.mesh.matrix_world)
+        rest = rest @ to_arm[:3, :3].T + to_arm[:3, 3]
+        rotation, scale = kabsch(flame.v_template, rest)
+        return rotation, scale, ""
+    return np.eye(3), 1.0, ("Armature space is taken as FLAME space (set the FLAME file in the "
+                            "preferences for an exact fit).")
+
+
+def kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
+    """Rotation R and scale s minimising ‖s·R·(source − mean) − (target − mean)‖."""
+    a = source - source.mean(0)
+    b = target - target.mean(0)
+    u, sigma, vt = np.linalg.svd(b.T @ a)
+    d = np.sign(np.linalg.det(u @ vt))
+    fix = np.diag([1.0, 1.0, d])
+    rotation = u @ fix @ vt
+    scale = float(np.trace(np.diag(sigma) @ fix) / np.sum(a * a))
+    return rotation, scale
+
+
+def jaw_joint_basis(rig: Rig) -> np.ndarray | None:
+    """(3, E) movement of the jaw joint per expression coefficient, when the rig carries it."""
+    if rig.armature is not None and "emote_jaw_joint_basis" in rig.armature:
+        return np.asarray(rig.armature["emote_jaw_joint_basis"], np.float64).reshape(3, -1)
+    return None
+
+
+def lower_face_share(rig: Rig) -> np.ndarray:
+    """Per expression key, the share of its motion in the lower face (for the mouth and upper
+    face strengths). Heads made here store it; otherwise it is measured from the keys."""
+    from .motion import lower_face_shares
+
+    if "emote_lower_face_share" in rig.mesh:
+        return np.asarray(rig.mesh["emote_lower_face_share"], np.float64)
+    blocks = rig.shape_keys.key_blocks
+    n = len(rig.mesh.data.vertices)
+    basis = np.zeros(n * 3)
+    rig.shape_keys.reference_key.data.foreach_get("co", basis)
+    basis = basis.reshape(-1, 3)
+    displacement = np.zeros((len(rig.expression_keys), n, 3))
+    for k, name in enumerate(rig.expression_keys):
+        co = np.zeros(n * 3)
+        blocks[name].data.foreach_get("co", co)
+        displacement[k] = co.reshape(-1, 3) - basis
+    up = np.array([0.0, 1.0, 0.0])  # FLAME's y in the mesh data of FLAME heads
+    heights = basis @ up
+    level = heights.min() + 0.55 * (heights.max() - heights.min())
+    return lower_face_shares(displacement, heights, level)
+
+
+# -- creating a head -----------------------------------------------------------------------
+
+def create_flame_head(context: Any, flame: Any, name: str = "FLAME") -> tuple[Any, Any]:
+    """Mesh + armature from a FLAME model, following the official add-on's conventions.
+
+    The mesh and armature data are in FLAME's coordinates (metres, y up); the armature object
+    is rotated 90° about X so the head stands z-up in Blender.
+    """
+    from .motion import lower_face_shares
+
+    collection = context.collection
+    arm_data = bpy.data.armatures.new(f"{name}-rig")
+    armature = bpy.data.objects.new(f"{name}-rig", arm_data)
+    collection.objects.link(armature)
+    armature.rotation_euler = (math.pi / 2, 0.0, 0.0)
+    joints = flame.rest_joints()
+    parents = flame.parents
+    previous_active = context.view_layer.objects.active
+    context.view_layer.objects.active = armature
+    bpy.ops.object.mode_set(mode="EDIT")
+    edit = arm_data.edit_bones
+    for j, bone_name in enumerate(BONE_NAMES):
+        bone = edit.new(bone_name)
+        bone.head = joints[j]
+        bone.tail = joints[j] + np.array([0.0, 0.02, 0.0])  # along FLAME's y: identity rest
+        bone.roll = 0.0
+        if parents[j] >= 0:
+            bone.parent = edit[BONE_NAMES[parents[j]]]
+    bpy.ops.object.mode_set(mode="OBJECT")
+    context.view_layer.objects.active = previous_active
+    for bone in armature.pose.bones:
+        bone.rotation_mode = "AXIS_ANGLE"
+
+    mesh_data = bpy.data.meshes.new(name)
+    mesh_data.from_pydata([tuple(v) for v in flame.v_template], [],
+                          [tuple(int(i) for i in f) for f in flame.faces])
+    mesh_data.update()
+    mesh = bpy.data.objects.new(name, mesh_data)
+    collection.objects.link(mesh)
+    mesh.parent = armature
+    modifier = mesh.modifiers.new("Armature", "ARMATURE")
+    modifier.object = armature
+    for j, bone_name in enumerate(BONE_NAMES):
+        group = mesh.vertex_groups.new(name=bone_name)
+        for v in np.nonzero(flame.weights[:, j] > 0)[0]:
+            group.add([int(v)], float(flame.weights[v, j]), "REPLACE")
+
+    mesh.shape_key_add(name="Basis", from_mix=False)
+    template = flame.v_template
+
+    def add_key(key_name: str, offsets: np.ndarray) -> None:
+        block = mesh.shape_key_add(name=key_name, from_mix=False)
+        block.data.foreach_set("co", (template + offsets).astype(np.float32).ravel())
+        block.slider_min, block.slider_max = -10.0, 10.0
+
+    for k in range(300):
+        add_key(f"Shape{k + 1}", flame.shapedirs[:, :, k])
+    for k in range(flame.n_expression):
+        add_key(f"Exp{k + 1}", flame.shapedirs[:, :, 300 + k])
+    for i in range(18):  # neck then jaw, as the official add-on
+        add_key(f"Pose{i + 1}", flame.posedirs[:, :, i])
+
+    # What exact keying needs later: the frame (identity here), the jaw pivot's expression
+    # dependence, and each expression component's lower-face share.
+    armature["emote_flame_to_armature"] = np.eye(3).ravel().tolist()
+    armature["emote_flame_scale"] = 1.0
+    expression_dirs = flame.shapedirs[:, :, 300:]
+    armature["emote_jaw_joint_basis"] = np.einsum(
+        "v,vce->ce", flame.j_regressor[2], expression_dirs).ravel().tolist()
+    heights = template[:, 1]
+    level = 0.5 * (joints[2, 1] + joints[3, 1])
+    mesh["emote_lower_face_share"] = lower_face_shares(
+        np.moveaxis(expression_dirs, 2, 0), heights, level).tolist()
+    return mesh, armature
