@@ -12,7 +12,7 @@ from typing import Any
 
 import bpy
 
-SLOTTED_ACTIONS = hasattr(bpy.types.Action, "slots")
+SLOTTED_ACTIONS = bpy.app.version >= (4, 4, 0)  # RNA properties are not class attributes
 
 
 # -- sequencer ---------------------------------------------------------------------------------

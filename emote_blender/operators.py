@@ -224,7 +224,7 @@ def poll_generation() -> tuple[str, str] | None:
         return _finish(settings, "ERROR", reply.get("message", "The worker failed."))
     try:
         message = apply_result(pending, reply)
-    except (ValueError, KeyError, RuntimeError) as exc:
+    except Exception as exc:  # the scene is restored by apply_result; say what happened
         return _finish(settings, "ERROR", f"Could not apply the take: {exc}")
     return _finish(settings, "INFO", message)
 
@@ -248,26 +248,46 @@ def apply_result(pending: PendingGeneration, reply: dict[str, Any]) -> str:
                                sound_offset=audio.sound_offset, audio_start=audio.start,
                                frame_start=audio.frame_start, frame_end=audio.frame_end)
     frame_info = flame_frame_for(target)
-    keys.remember_original_actions(mesh, target)
-    shape_action, armature_action = keys.new_take_actions(target, pending.label)
-    keys.store_raw(shape_action, expression, jaw, placement)
-    shape_action["emote_flame_frame"] = np.asarray(frame_info[0]).ravel().tolist() + [
-        frame_info[1]]
-    channels = keys.take_channels(target, expression, jaw, placement, motion.Controls(),
-                                  frame_info[:2])
-    notes = keys.write_channels(target, channels, shape_action, armature_action)
-    take = mesh.emote_takes.add()
-    take.name = f"{pending.label} #{len(mesh.emote_takes)}"
-    take.label = pending.label
-    take.shape_action = shape_action
-    take.armature_action = armature_action
-    take.strip_name = audio.strip_name
-    take.condition = json.dumps(pending.condition if isinstance(pending.condition, dict)
-                                else "per-frame")
-    keys.activate_take(target, take)
-    mesh["emote_switching"] = True
-    mesh.emote_active_take = len(mesh.emote_takes) - 1
-    del mesh["emote_switching"]
+    previous = (compat.active_action(target.shape_keys),
+                compat.active_action(target.armature) if target.armature else None,
+                mesh.emote_active_take)
+    created: list[Any] = []
+    try:
+        keys.remember_original_actions(mesh, target)
+        shape_action, armature_action = keys.new_take_actions(target, pending.label)
+        created = [a for a in (shape_action, armature_action) if a is not None]
+        keys.store_raw(shape_action, expression, jaw, placement)
+        shape_action["emote_cached"] = int(bool(reply.get("cached")))
+        shape_action["emote_flame_frame"] = np.asarray(frame_info[0]).ravel().tolist() + [
+            frame_info[1]]
+        channels = keys.take_channels(target, expression, jaw, placement, motion.Controls(),
+                                      frame_info[:2])
+        notes = keys.write_channels(target, channels, shape_action, armature_action)
+        take = mesh.emote_takes.add()
+        take.name = f"{pending.label} #{len(mesh.emote_takes)}"
+        take.label = pending.label
+        take.shape_action = shape_action
+        take.armature_action = armature_action
+        take.strip_name = audio.strip_name
+        take.condition = json.dumps(pending.condition if isinstance(pending.condition, dict)
+                                    else "per-frame")
+        keys.activate_take(target, take)
+        mesh["emote_switching"] = True
+        mesh.emote_active_take = len(mesh.emote_takes) - 1
+        del mesh["emote_switching"]
+    except Exception:
+        # Nothing half-done stays in the scene.
+        if len(mesh.emote_takes) and mesh.emote_takes[-1].shape_action in created:
+            mesh.emote_takes.remove(len(mesh.emote_takes) - 1)
+        for action in created:
+            bpy.data.actions.remove(action)
+        compat.assign_action(target.shape_keys, previous[0])
+        if target.armature is not None:
+            compat.assign_action(target.armature, previous[1])
+        mesh["emote_switching"] = True
+        mesh.emote_active_take = previous[2]
+        del mesh["emote_switching"]
+        raise
     all_notes = pending.notes + notes + ([frame_info[2]] if frame_info[2] else []) + list(
         reply.get("warnings", []))
     message = f"New take '{take.name}': {len(channels.frames)} frames."

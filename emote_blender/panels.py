@@ -47,7 +47,10 @@ def draw_emote(layout: Any, context: Any) -> None:
 
     if settings.running:
         row = layout.row(align=True)
-        row.progress(factor=settings.progress, text=settings.status or "Generating…")
+        if hasattr(row, "progress"):  # 4.0+
+            row.progress(factor=settings.progress, text=settings.status or "Generating…")
+        else:
+            row.label(text=settings.status or "Generating…")
         row.operator("emote.cancel", text="", icon="X")
     else:
         layout.operator("emote.generate", icon="PLAY_SOUND")

@@ -18,7 +18,7 @@ import numpy as np
 OFFICIAL, SMPLX = "OFFICIAL", "SMPLX"
 BONE_NAMES = ["root", "neck", "jaw", "left_eye", "right_eye"]
 JAW_CORRECTIVES = range(9, 18)  # 0-based pose-feature indices of the jaw (after the neck's 9)
-_SMPLX_EXP = re.compile(r"^Exp(\d{3})$")
+_SMPLX_EXP = re.compile(r"^Exp0\d\d$")  # zero-padded: Exp000, Exp001 … (Exp100 is official)
 _OFFICIAL_EXP = re.compile(r"^Exp([1-9]\d*)$")
 
 
@@ -264,6 +264,7 @@ def create_flame_head(context: Any, flame: Any, name: str = "FLAME") -> tuple[An
         block = mesh.shape_key_add(name=key_name, from_mix=False)
         block.data.foreach_set("co", (template + offsets).astype(np.float32).ravel())
         block.slider_min, block.slider_max = -10.0, 10.0
+        block.value = 0.0  # new keys start at 1 when added from Python
 
     for k in range(300):
         add_key(f"Shape{k + 1}", flame.shapedirs[:, :, k])

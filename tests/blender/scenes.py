@@ -1,0 +1,81 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Building test scenes in real Blender: FLAME heads and sound strips.
+
+PyPI's bpy 4.2 has no audio support (``new_sound`` fails), so where the running Blender cannot
+make a sound strip, a newer bpy venv writes the .blend and this Blender opens it (4.2 reads
+4.5 files with correct strips)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import bpy
+
+ROOT = Path(__file__).resolve().parents[2]
+
+STRIP_SCRIPT = """
+import bpy, sys
+path, wav, fps, start, trim, out = sys.argv[-6:]
+scene = bpy.context.scene
+scene.render.fps, scene.render.fps_base = int(fps), 1.0
+editor = scene.sequence_editor_create()
+strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+strip = strips.new_sound("dialogue", wav, 1, int(start))
+strip.frame_offset_start = int(trim)
+strip.select = True
+editor.active_strip = strip
+if path == "pack":
+    strip.sound.pack()
+bpy.ops.wm.save_as_mainfile(filepath=out)
+"""
+
+
+def has_audio() -> bool:
+    try:
+        import aud  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def add_strip(scene, wav: Path, fps: int = 25, start: int = 37, trim: int = 8,
+              pack: bool = False, tmp: Path | None = None):
+    """A sound strip of ``wav`` starting at ``start`` with ``trim`` frames cut from its
+    beginning, selected and active. Returns the strip (possibly in a newly opened file)."""
+    if has_audio():
+        scene.render.fps, scene.render.fps_base = fps, 1.0
+        editor = scene.sequence_editor_create()
+        strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+        strip = strips.new_sound("dialogue", str(wav), 1, start)
+        strip.frame_offset_start = trim
+        strip.select = True
+        editor.active_strip = strip
+        if pack:
+            strip.sound.pack()
+        return strip
+    # This Blender has no audio: let a newer one write the scene, then open it here.
+    out = (tmp or wav.parent) / f"strip_{fps}_{start}_{trim}_{int(pack)}.blend"
+    for venv in (".venv-bpy45", ".venv-bpy50"):
+        python = ROOT / venv / "bin" / "python"
+        if python.is_file():
+            break
+    else:
+        raise RuntimeError("Sound strips on this Blender need a 4.5 or 5.0 bpy venv too.")
+    code = STRIP_SCRIPT
+    subprocess.run([str(python), "-c", code, "pack" if pack else "file", str(wav), str(fps),
+                    str(start), str(trim), str(out)], check=True, capture_output=True)
+    bpy.ops.wm.open_mainfile(filepath=str(out))
+    scene = bpy.context.scene
+    editor = scene.sequence_editor
+    strips = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+    return strips["dialogue"]
+
+
+def python_of_worker() -> str:
+    return str(ROOT / ".venv" / "bin" / "python")
+
+
+def current_python() -> str:
+    return sys.executable
