@@ -20,7 +20,7 @@ def make(out: Path) -> None:
     builders.write_synthetic_flame(out / "flame.pkl")
     builders.write_synthetic_flame(out / "flame_legacy.pkl", legacy=True)
     builders.write_wav(out / "speech.wav", 4.0, seed=5)
-    builders.write_wav(out / "speech_44k.wav", 3.0, rate=44_100, seed=6)
+    builders.write_wav(out / "long.wav", 1200.0, seed=7)  # long enough to cancel or kill
 
 
 def forward(flame: Path, inputs: Path, output: Path) -> None:

@@ -56,7 +56,7 @@ def add_strip(scene, wav: Path, fps: int = 25, start: int = 37, trim: int = 8,
             strip.sound.pack()
         return strip
     # This Blender has no audio: let a newer one write the scene, then open it here.
-    out = (tmp or wav.parent) / f"strip_{fps}_{start}_{trim}_{int(pack)}.blend"
+    out = (tmp or wav.parent) / f"strip_{wav.stem}_{fps}_{start}_{trim}_{int(pack)}.blend"
     for venv in (".venv-bpy45", ".venv-bpy50"):
         python = ROOT / venv / "bin" / "python"
         if python.is_file():

@@ -16,9 +16,9 @@ from tests.blender.scenes import add_strip
 FRAME_START, TRIM = 37, 8
 
 
-def make_scene(addon, fixtures, tmp_path, fps=25, pack=False):
+def make_scene(addon, fixtures, tmp_path, fps=25, pack=False, wav="speech.wav"):
     """Strip first (on 4.2 it opens a file), then the head from the synthetic FLAME file."""
-    strip = add_strip(bpy.context.scene, fixtures / "speech.wav", fps=fps, start=FRAME_START,
+    strip = add_strip(bpy.context.scene, fixtures / wav, fps=fps, start=FRAME_START,
                       trim=TRIM, pack=pack, tmp=tmp_path)
     assert bpy.ops.emote.create_flame_head(filepath=str(fixtures / "flame.pkl")) == {"FINISHED"}
     mesh = bpy.context.view_layer.objects.active
