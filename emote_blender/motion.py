@@ -78,8 +78,8 @@ def quaternion_to_axis_angle(q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     q = q * np.where(q[..., :1] < 0, -1.0, 1.0)
     sin_half = np.linalg.norm(q[..., 1:], axis=-1)
     angle = 2 * np.arctan2(sin_half, q[..., 0])
-    axis = np.where(sin_half[..., None] > 1e-12, q[..., 1:] / np.maximum(sin_half, 1e-12)[..., None],
-                    np.array([1.0, 0.0, 0.0]))
+    unit = q[..., 1:] / np.maximum(sin_half, 1e-12)[..., None]
+    axis = np.where(sin_half[..., None] > 1e-12, unit, np.array([1.0, 0.0, 0.0]))
     return angle, axis
 
 

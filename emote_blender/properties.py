@@ -108,10 +108,16 @@ def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.emote = PointerProperty(type=EmoteSettings)
-    bpy.types.Object.emote_takes = CollectionProperty(type=EmoteTake)
-    bpy.types.Object.emote_active_take = IntProperty(name="Take", default=-1, update=_switch)
-    bpy.types.Object.emote_original_shape_action = PointerProperty(type=bpy.types.Action)
-    bpy.types.Object.emote_original_armature_action = PointerProperty(type=bpy.types.Action)
+    # Overridable, so takes made on a library-overridden rig are saved with the override.
+    overridable = {"LIBRARY_OVERRIDABLE"}
+    bpy.types.Object.emote_takes = CollectionProperty(
+        type=EmoteTake, override={"LIBRARY_OVERRIDABLE", "USE_INSERTION"})
+    bpy.types.Object.emote_active_take = IntProperty(name="Take", default=-1, update=_switch,
+                                                     override=overridable)
+    bpy.types.Object.emote_original_shape_action = PointerProperty(
+        type=bpy.types.Action, override=overridable)
+    bpy.types.Object.emote_original_armature_action = PointerProperty(
+        type=bpy.types.Action, override=overridable)
 
 
 def unregister() -> None:

@@ -206,3 +206,27 @@ def test_disabling_the_addon_stops_the_worker(clean, addon, fixtures, tmp_path):
         prefs.flame_path, prefs.device, prefs.idle_minutes = str(fixtures / "flame.pkl"), \
             "cpu", 0
         module.archive = addon.archive
+
+
+def test_linked_rig_without_override_is_explained(clean, addon, fixtures, tmp_path):
+    scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
+    collection = bpy.data.collections.new("FLAME head")
+    scene.collection.children.link(collection)
+    for obj in (mesh, mesh.parent):
+        for users in list(obj.users_collection):
+            users.objects.unlink(obj)
+        collection.objects.link(obj)
+    library = tmp_path / "head_library.blend"
+    bpy.data.libraries.write(str(library), {collection}, fake_user=True)
+    scene.collection.children.unlink(collection)
+    bpy.data.collections.remove(collection)
+    with bpy.data.libraries.load(str(library), link=True) as (_, linked):
+        linked.collections = ["FLAME head"]
+    scene.collection.children.link(linked.collections[0])
+    head = [o for o in linked.collections[0].objects if o.type == "MESH"][0]
+    assert head.library is not None
+    scene.emote.rig = head
+    before = {a.name for a in bpy.data.actions}
+    with pytest.raises(RuntimeError, match="is linked from .* Library Override"):
+        bpy.ops.emote.generate(wait=True)
+    assert {a.name for a in bpy.data.actions} == before

@@ -1,0 +1,139 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Add-on benchmark in real Blender (PyPI bpy), medians of repeated runs:
+
+* writing a 60 s take at 30 fps (100 expression keys, jaw rotation + pivot, 9 correctives);
+* the worker's cold start (process start → model loaded) with the full-size EMOTE v2
+  architecture (wav2vec2-base, random weights);
+* click → keys for a 10 s clip with a warm worker: first generation, and re-generation with
+  another emotion (cached audio features).
+
+    .venv-bpy50/bin/python bench/bench_blender.py [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+USER = Path(tempfile.mkdtemp(prefix="emote-bench-"))
+os.environ["BLENDER_USER_RESOURCES"] = str(USER)
+
+import bpy  # noqa: E402, I001  (after BLENDER_USER_RESOURCES is set)
+import addon_utils  # noqa: E402  (importable once bpy is)
+import numpy as np  # noqa: E402
+
+from tests.blender.scenes import add_strip  # noqa: E402
+
+WORKER = ROOT / ".venv" / "bin" / "python"
+MODULE = "bl_ext.emote_bench.emote_lipsync"
+
+FULL_BUNDLE = """
+import sys, torch
+from server.checkpoints import save_bundle
+from server.models.emote import EmoteConfig, EmoteModel
+torch.manual_seed(0)
+save_bundle(sys.argv[1], EmoteModel(EmoteConfig()).eval(), flint_source="random")
+"""
+
+
+def setup(out: Path):
+    subprocess.run([str(WORKER), "-m", "tests.make_fixtures", str(out)], cwd=ROOT, check=True)
+    subprocess.run([str(WORKER), "-c", FULL_BUNDLE, str(out / "full")], cwd=ROOT, check=True)
+    subprocess.run([str(WORKER), "-c", "import sys; from tests.builders import write_wav; "
+                    "from pathlib import Path; write_wav(Path(sys.argv[1]), 10.0, seed=9)",
+                    str(out / "ten.wav")], cwd=ROOT, check=True)
+    build = subprocess.run([sys.executable, str(ROOT / "tools" / "build_extension.py"),
+                            str(USER / "dist")], capture_output=True, text=True, check=True)
+    archive = Path(build.stdout.strip().splitlines()[-1])
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(USER / "repo" / "emote_lipsync")
+    repo = bpy.context.preferences.extensions.repos.new(
+        name="emote_bench", module="emote_bench", custom_directory=str(USER / "repo"),
+        source="USER")
+    repo.enabled = True
+    addon_utils.enable(MODULE, default_set=True)
+    prefs = bpy.context.preferences.addons[MODULE].preferences
+    prefs.python, prefs.model_kind = str(WORKER), "BUNDLE"
+    prefs.model_path, prefs.device, prefs.idle_minutes = str(out / "full"), "cpu", 0
+    return sys.modules[MODULE]
+
+
+def bake_60s(addon, runs: int) -> float:
+    keys, motion, rig = addon.keys, addon.motion, addon.rig
+    mesh = bpy.context.view_layer.objects.active
+    target = rig.describe_rig(mesh)
+    rng = np.random.default_rng(0)
+    expression = rng.normal(0, 1, (1500, 100))
+    jaw = rng.normal(0, 0.1, (1500, 3))
+    placement = keys.Placement(strip_start=1, fps=30.0, sound_offset=0.0, audio_start=0.0,
+                               frame_start=1, frame_end=1801)
+    frame = (np.eye(3), 1.0)
+    times = []
+    for _ in range(runs):
+        shape, armature = keys.new_take_actions(target, "bench")
+        start = time.perf_counter()
+        channels = keys.take_channels(target, expression, jaw, placement, motion.Controls(),
+                                      frame)
+        keys.write_channels(target, channels, shape, armature)
+        times.append(time.perf_counter() - start)
+        bpy.data.actions.remove(shape)
+        bpy.data.actions.remove(armature)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    out = Path(tempfile.mkdtemp(prefix="emote-bench-fixtures-"))
+    addon = setup(out)
+    try:
+        add_strip(bpy.context.scene, out / "ten.wav", fps=30, start=1, trim=0, tmp=out)
+        bpy.ops.emote.create_flame_head(filepath=str(out / "flame.pkl"))
+        bake = bake_60s(addon, args.runs)
+
+        cold, first, again = [], [], []
+        emotions = ["1", "2", "6", "3", "4", "5", "7", "0"]
+        for i in range(args.runs):
+            addon.operators.stop_worker()
+            client = addon.operators.client()
+            start = time.perf_counter()
+            client.start()
+            job = client.send("load", model=str(out / "full"), assets=None, device="cpu")
+            client.wait(job)
+            cold.append(time.perf_counter() - start)
+            client.loaded_key = (str(out / "full"), None, "cpu")
+            bpy.context.scene.emote.emotion = emotions[i % 8]
+            start = time.perf_counter()
+            assert bpy.ops.emote.generate(wait=True) == {"FINISHED"}
+            first.append(time.perf_counter() - start)
+            bpy.context.scene.emote.emotion = emotions[(i + 1) % 8]
+            start = time.perf_counter()
+            assert bpy.ops.emote.generate(wait=True) == {"FINISHED"}
+            again.append(time.perf_counter() - start)
+        print(f"Blender {bpy.app.version_string}, worker on CPU (torch threads: default), "
+              f"medians of {args.runs} runs")
+        print(f"  write a 60 s take at 30 fps (100 Exp + jaw + 9 correctives): "
+              f"{bake * 1000:.1f} ms")
+        print(f"  worker cold start to model loaded (wav2vec2-base size): "
+              f"{statistics.median(cold):.2f} s")
+        print(f"  click → keys, 10 s clip, warm worker, first generation: "
+              f"{statistics.median(first):.2f} s")
+        print(f"  click → keys, 10 s clip, another emotion (cached audio): "
+              f"{statistics.median(again) * 1000:.0f} ms")
+    finally:
+        addon.operators.stop_worker()
+        addon_utils.disable(MODULE, default_set=True)
+
+
+if __name__ == "__main__":
+    main()
