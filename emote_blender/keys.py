@@ -16,6 +16,7 @@ import numpy as np
 
 from . import compat, motion
 from .rig import Rig
+from .server.flame import axis_angle_to_matrix, jaw_corrective_weights
 
 INTERPOLATION_LINEAR = 1  # enum index of 'LINEAR' in Keyframe.interpolation
 SLIDER_LIMIT = 10.0  # Blender's widest shape-key slider range
@@ -64,14 +65,14 @@ def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: 
                                         placement.sound_offset, placement.audio_start)
     expression, jaw = motion.resample(expression, jaw, positions)
     frames = frames + controls.offset
-    correctives = motion.jaw_corrective_weights(jaw)
+    correctives = jaw_corrective_weights(jaw)
     rotation = location = None
     path = ""
     if rig.jaw_bone is not None:
         c, scale = flame_frame
         bone = rig.armature.data.bones[rig.jaw_bone]
         rest = np.array(bone.matrix_local.to_3x3())
-        rot_bone = motion.flame_to_bone(motion.axis_angle_to_matrix(jaw), rest, c)
+        rot_bone = motion.flame_to_bone(axis_angle_to_matrix(jaw), rest, c)
         pose_bone = rig.armature.pose.bones[rig.jaw_bone]
         rotation, path = _rotation_channel(pose_bone, rot_bone)
         offsets = motion.jaw_pivot_offsets(jaw, expression, _joint_basis(rig))

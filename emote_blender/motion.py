@@ -8,23 +8,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .server.flame import axis_angle_to_matrix  # FLAME's maths, shared with the worker
+
 TAKE_FPS = 25
 
 
 # -- rotations -------------------------------------------------------------------------------
-
-def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
-    """(..., 3) axis-angle → (..., 3, 3) rotation matrices (Rodrigues)."""
-    aa = np.asarray(axis_angle, np.float64)
-    angle = np.linalg.norm(aa, axis=-1, keepdims=True)
-    axis = aa / np.maximum(angle, 1e-12)
-    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
-    zero = np.zeros_like(x)
-    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(aa.shape[:-1] + (3, 3))
-    s = np.sin(angle)[..., None]
-    c = np.cos(angle)[..., None]
-    return np.eye(3) + s * k + (1 - c) * (k @ k)
-
 
 def axis_angle_to_quaternion(axis_angle: np.ndarray) -> np.ndarray:
     """(..., 3) → (..., 4) unit quaternions (w, x, y, z)."""
@@ -143,12 +132,6 @@ def flame_to_bone(rotations: np.ndarray, bone_rest: np.ndarray,
     b = np.asarray(bone_rest, np.float64)
     c = np.asarray(flame_to_armature, np.float64)
     return b.T @ c @ rotations @ c.T @ b
-
-
-def jaw_corrective_weights(jaw: np.ndarray) -> np.ndarray:
-    """(R_jaw − I) row-major: the weights of the jaw's nine pose-corrective shape keys."""
-    rot = axis_angle_to_matrix(jaw)
-    return (rot - np.eye(3)).reshape(rot.shape[:-2] + (9,))
 
 
 def jaw_pivot_offsets(jaw: np.ndarray, expression: np.ndarray,

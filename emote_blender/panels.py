@@ -80,24 +80,21 @@ def draw_emote(layout: Any, context: Any) -> None:
     layout.operator("emote.create_flame_head", icon="MESH_MONKEY")
 
 
-class EMOTE_PT_view3d(bpy.types.Panel):
+class _EmotePanel:
     bl_label = "EMOTE Lip-Sync"
+    bl_region_type = "UI"
+    bl_category = "EMOTE"
+
+    def draw(self, context: Any) -> None:
+        draw_emote(self.layout, context)
+
+
+class EMOTE_PT_view3d(_EmotePanel, bpy.types.Panel):
     bl_space_type = "VIEW_3D"
-    bl_region_type = "UI"
-    bl_category = "EMOTE"
-
-    def draw(self, context: Any) -> None:
-        draw_emote(self.layout, context)
 
 
-class EMOTE_PT_sequencer(bpy.types.Panel):
-    bl_label = "EMOTE Lip-Sync"
+class EMOTE_PT_sequencer(_EmotePanel, bpy.types.Panel):
     bl_space_type = "SEQUENCE_EDITOR"
-    bl_region_type = "UI"
-    bl_category = "EMOTE"
-
-    def draw(self, context: Any) -> None:
-        draw_emote(self.layout, context)
 
 
 CLASSES = (EMOTE_UL_takes, EMOTE_PT_view3d, EMOTE_PT_sequencer)

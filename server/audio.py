@@ -99,9 +99,12 @@ def _decode_pyav(path: Path) -> tuple[np.ndarray, int] | None:
     return np.concatenate(chunks), int(rate)
 
 
-def load_audio(path: str | Path, start: float | None = None, end: float | None = None) -> AudioClip:
+def load_audio(path: str | Path, start: float | None = None, end: float | None = None,
+               allow_low_rate: bool = False) -> AudioClip:
     """Read ``path`` as 16 kHz mono float32, keeping ``[start, end)`` seconds when given.
 
+    Audio sampled below 16 kHz (telephone audio) lacks the upper speech band wav2vec2 was
+    trained on; it is refused unless ``allow_low_rate``, and then used with a warning.
     Raises :class:`AudioError` with a user-facing sentence for every unusable input.
     """
     path = Path(path)
@@ -117,6 +120,11 @@ def load_audio(path: str | Path, start: float | None = None, end: float | None =
             f"'{path}' is not an audio file that can be read (supported: wav, flac, ogg, mp3; "
             "m4a/aac with PyAV installed).")
     data, rate = decoded
+    if rate < SAMPLE_RATE and not allow_low_rate:
+        raise AudioError(
+            f"'{path.name}' is sampled at {rate} Hz: speech above {rate // 2} Hz is missing and "
+            "lip-sync needs 16 kHz or better. Use a better recording, or allow low sample "
+            "rates (--allow-low-rate) to use it anyway.")
     if data.shape[0] == 0:
         raise AudioError(f"'{path}' contains no audio samples.")
     clip = AudioClip(samples=np.zeros(0, np.float32), source=str(path), source_rate=rate,

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--condition", type=Path,
                      help="a .npy of shape (C,) or (N,C) used instead of "
                           "--emotion/--intensity/--style (C=43 for the official model)")
+    gen.add_argument("--allow-low-rate", action="store_true",
+                     help="accept audio sampled below 16 kHz (telephone audio), with a warning")
     gen.add_argument("--start", type=float, help="start of the audio to use, in seconds")
     gen.add_argument("--end", type=float, help="end of the audio to use, in seconds")
     gen.add_argument("--format", choices=("npz", "json"),
@@ -177,7 +179,8 @@ def _generate(args: argparse.Namespace) -> int:
         raise UsageError(f"'{args.output}' is a folder; give an output file name "
                          "(.npz or .json).")
     # Check the single input before the (slow) model load so mistakes fail fast.
-    clips = {} if batch else {inputs[0]: load_audio(inputs[0], args.start, args.end)}
+    clips = {} if batch else {
+        inputs[0]: load_audio(inputs[0], args.start, args.end, args.allow_low_rate)}
     flame = None
     if args.flame is not None:
         from .flame import FlameModel, load_flame_file
@@ -197,7 +200,8 @@ def _generate(args: argparse.Namespace) -> int:
     progress = _progress_bar(len(jobs)) if batch else None
     for audio, name, condition in jobs:
         try:
-            clip = clips.get(audio) or load_audio(audio, args.start, args.end)
+            clip = clips.get(audio) or load_audio(audio, args.start, args.end,
+                                                  args.allow_low_rate)
             for warning in clip.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             take = animator.generate(clip, condition)

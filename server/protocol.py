@@ -14,8 +14,9 @@ Requests (client → worker)
                 window/overlap: long-audio window and overlap in frames (multiples of 8;
                 defaults 1200 and 96); loading the same settings again is instant
                                                     → ``loaded`` {info, device}
-  ``generate``  {id, audio, start?, end?, condition, output?}
+  ``generate``  {id, audio, start?, end?, condition, output?, allow_low_rate?}
                 audio: a file path; start/end: seconds into the file (the strip's trim);
+                allow_low_rate: accept audio below 16 kHz (refused by default);
                 condition: {"emotion", "intensity", "style"} (names, indices or
                 {name: weight} mixtures), or a list of C numbers, or a list of N lists of C
                 numbers (a per-frame curve, spread over the clip);

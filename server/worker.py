@@ -160,7 +160,8 @@ class Worker:
             raise ValueError("No model is loaded: send a 'load' request first.")
         job_id = message["id"]
         started = time.perf_counter()
-        clip = load_audio(message["audio"], message.get("start"), message.get("end"))
+        clip = load_audio(message["audio"], message.get("start"), message.get("end"),
+                          bool(message.get("allow_low_rate", False)))
         cached = self.animator.cached(clip)
         last = [0.0]
 

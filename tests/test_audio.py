@@ -34,9 +34,11 @@ def test_44k_stereo_flac_is_resampled_and_mixed_down(tmp_path):
     assert abs(len(clip.samples) - 32_000) <= 1 and clip.frames == 50
 
 
-def test_8k_stereo_mp3_is_resampled_with_a_warning(tmp_path):
+def test_8k_stereo_mp3_is_refused_unless_allowed(tmp_path):
     path = write_wav(tmp_path / "phone.mp3", 3.0, rate=8_000, channels=2, fmt="MP3")
-    clip = load_audio(path)
+    with pytest.raises(AudioError, match="sampled at 8000 Hz.*16 kHz or better"):
+        load_audio(path)
+    clip = load_audio(path, allow_low_rate=True)
     assert clip.source_rate == 8_000 and clip.source_channels == 2
     assert 74 <= clip.frames <= 76  # MP3 adds encoder padding
     assert any("8000 Hz" in w for w in clip.warnings)

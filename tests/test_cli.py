@@ -128,6 +128,8 @@ def _bad_inputs(tmp_path, tiny_bundle, speech_wav, flame_files):
         "FLAME of another kind": ([speech_wav, *model, "--flame", not_flame],
                                   "is not a FLAME model: it has 24 joints"),
         "unknown emotion": ([speech_wav, *model, "--emotion", "Joy"], "Unknown emotion 'Joy'"),
+        "8 kHz stereo mp3": ([write_wav(tmp_path / "phone.mp3", 2.0, rate=8_000, channels=2,
+                                        fmt="MP3"), *model], "sampled at 8000 Hz"),
     }
 
 
@@ -145,10 +147,10 @@ def test_bad_input_gives_one_sentence_and_writes_nothing(tmp_path, tiny_bundle, 
         assert not out.exists() and not (tmp_path / "out").exists(), name
 
 
-def test_8k_stereo_mp3_generates_with_a_warning(tmp_path, tiny_bundle):
+def test_8k_stereo_mp3_generates_when_allowed(tmp_path, tiny_bundle):
     mp3 = write_wav(tmp_path / "phone.mp3", 2.0, rate=8_000, channels=2, fmt="MP3")
     out = tmp_path / "phone.npz"
-    result = run("generate", mp3, "--model", tiny_bundle, "-o", out)
+    result = run("generate", mp3, "--model", tiny_bundle, "--allow-low-rate", "-o", out)
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "8000 Hz" in result.stderr
     assert np.load(out)["expression"].shape[0] in (49, 50, 51)
