@@ -57,6 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(info)
     info.add_argument("--json", action="store_true", help="print JSON")
 
+    train = sub.add_parser("train", help="train FLINT or EMOTE stage 1 (needs the 'train' extra)",
+                           description="Train from a YAML config (see server/train/run.py and "
+                                       "README); writes checkpoints, logs and a bundle.")
+    train.add_argument("stage", choices=("flint", "stage1"))
+    train.add_argument("--config", type=Path, required=True, help="training config (.yaml)")
+
     worker = sub.add_parser("worker", help="JSON-lines worker on stdin/stdout (for the add-on)")
     worker.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                         help="exit after this long without requests (default: never)")
@@ -82,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(args.idle_timeout)
     try:
+        if args.command == "train":
+            from .train.run import train
+
+            train(args.stage, args.config)
+            return 0
         if args.command == "info":
             return _info(args)
         return _generate(args)

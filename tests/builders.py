@@ -231,3 +231,34 @@ def write_official_release(assets: Path, seed: int = 0, config: EmoteConfig | No
         torch.save(lightning_checkpoint(weights, flint_cfg(config.flint)), path,
                    pickle_module=foreign_pickle_module)
     return emote, model
+
+
+# -- training data -----------------------------------------------------------------------------
+
+def write_training_dataset(folder: Path, sequences: int = 8, seconds: float = 3.0,
+                           identities: tuple[str, ...] = ("M003", "W009")) -> Path:
+    """Sequences whose jaw and first expressions follow the audio envelope, so a model can
+    learn lip-sync from them; the emotion adds a constant offset to other expressions."""
+    from server.train.data import write_index, write_sequence
+
+    folder.mkdir(parents=True, exist_ok=True)
+    entries = []
+    for i in range(sequences):
+        audio = speech_like(seconds, seed=100 + i)
+        frames = len(audio) // 640
+        energy = np.sqrt(np.mean(audio[: frames * 640].reshape(frames, 640) ** 2, axis=1))
+        energy = energy / energy.max()
+        emotion = i % 8
+        expression = np.zeros((frames, 100), np.float32)
+        expression[:, 0] = 2.0 * energy
+        expression[:, 1] = -1.0 * energy
+        expression[:, 2 + emotion] = 1.0  # the emotion's signature
+        jaw = np.zeros((frames, 3), np.float32)
+        jaw[:, 0] = 0.25 * energy
+        entry = write_sequence(folder / f"seq{i:02d}.npz", audio, expression, jaw,
+                               emotion=emotion, intensity=1 + i % 3,
+                               identity=identities[i % len(identities)])
+        entry["split"] = "val" if i == sequences - 1 else "train"
+        entries.append(entry)
+    write_index(folder, entries, list(identities))
+    return folder

@@ -176,5 +176,6 @@ def test_200_back_to_back_requests_without_leaking(worker, tiny_bundle, tmp_path
     rss_end = process.memory_info().rss
     assert sorted(answered) == sorted(f"r{i}" for i in range(200))
     assert {answered["r0"], answered["r1"]} == {50, 75}
-    print(f"RSS after 10 requests {rss_after_10 / 2**20:.1f} MiB, after 200 {rss_end / 2**20:.1f} MiB")
+    print(f"RSS after 10 requests {rss_after_10 / 2**20:.1f} MiB, "
+          f"after 200 {rss_end / 2**20:.1f} MiB")
     assert rss_end <= 1.05 * rss_after_10, (rss_after_10, rss_end)

@@ -1,0 +1,122 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""``python -m server train flint|stage1 --config CONFIG.yaml``: one config, one GPU or many.
+
+Config keys (YAML): ``data`` (dataset folder), ``flame`` (FLAME file), ``out`` (run folder:
+checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), ``flint`` /
+``model`` (FlintConfig / EmoteConfig overrides), ``flint_bundle`` (stage 1: the trained FLINT),
+``window`` (frames; default 32 for FLINT, 64 for stage 1), ``batch_size`` (32 / 4), ``lr``
+(1e-4), ``max_steps``, ``val_every`` (steps), ``accelerator`` (auto|cpu|gpu), ``devices``,
+``num_nodes``, ``strategy`` (auto|ddp|…), ``seed``, ``resume`` (a checkpoint to continue from),
+``windows_per_epoch``, ``num_workers``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+DEFAULTS = {
+    "flint": {"window": 32, "batch_size": 32},
+    "stage1": {"window": 64, "batch_size": 4},
+}
+
+
+def read_config(path: Path, stage: str) -> dict[str, Any]:
+    try:
+        config = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ValueError(f"Could not read the training config '{path}': {exc}") from exc
+    base = Path(path).resolve().parent
+    merged = {"lr": 1e-4, "max_steps": 1000, "val_every": 200, "accelerator": "auto",
+              "devices": 1, "num_nodes": 1, "strategy": "auto", "seed": 0,
+              "num_workers": 0, **DEFAULTS[stage], **config}
+    for key in ("data", "flame", "out", "flint_bundle", "resume"):
+        if merged.get(key):
+            merged[key] = str((base / merged[key]).resolve()) if not Path(
+                merged[key]).is_absolute() else merged[key]
+    missing = [k for k in ("data", "flame", "out") + (("flint_bundle",) if stage == "stage1"
+                                                       else ()) if not merged.get(k)]
+    if missing:
+        raise ValueError(f"The training config lacks: {', '.join(missing)}.")
+    return merged
+
+
+def train(stage: str, config_path: Path) -> Path:
+    """Train ``stage`` from the config; returns the exported bundle folder."""
+    import lightning as L
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+    from torch.utils.data import DataLoader
+
+    from ..checkpoints import load_flint_bundle, save_bundle, save_flint_bundle
+    from ..flame import load_flame_file
+    from ..models.emote import EmoteConfig
+    from ..models.flint import FlintConfig
+    from .data import SequenceWindows
+    from .geometry import FlameVertices
+    from .modules import EmoteStage1, FlintModule
+
+    config = read_config(config_path, stage)
+    L.seed_everything(int(config["seed"]), workers=True)
+    out = Path(config["out"])
+    vertices = FlameVertices(load_flame_file(config["flame"]))
+    motion_only = stage == "flint"
+    train_set = SequenceWindows(config["data"], "train", int(config["window"]),
+                                seed=int(config["seed"]), motion_only=motion_only,
+                                windows_per_epoch=config.get("windows_per_epoch"))
+    try:
+        val_set = SequenceWindows(config["data"], "val", int(config["window"]),
+                                  seed=int(config["seed"]) + 1, motion_only=motion_only)
+    except ValueError:
+        val_set = None
+    if stage == "flint":
+        flint_config = FlintConfig(**config.get("flint", {}))
+        module: L.LightningModule = FlintModule(flint_config, vertices, lr=float(config["lr"]))
+    else:
+        flint = load_flint_bundle(config["flint_bundle"])
+        overrides = dict(config.get("model", {}))
+        overrides["flint"] = flint.config.to_dict()
+        overrides.setdefault("styles", train_set.identities)
+        emote_config = EmoteConfig.from_dict(overrides)
+        if emote_config.condition_dim != train_set.condition_dim:
+            raise ValueError(f"The model expects {emote_config.condition_dim} condition numbers;"
+                             f" the dataset gives {train_set.condition_dim}.")
+        module = EmoteStage1(emote_config, flint, vertices, lr=float(config["lr"]))
+
+    loaders = {
+        "train_dataloaders": DataLoader(train_set, batch_size=int(config["batch_size"]),
+                                        shuffle=True, num_workers=int(config["num_workers"]),
+                                        drop_last=len(train_set) >= int(config["batch_size"])),
+    }
+    if val_set is not None:
+        loaders["val_dataloaders"] = DataLoader(val_set, batch_size=int(config["batch_size"]),
+                                                num_workers=int(config["num_workers"]))
+    loggers: list[Any] = [CSVLogger(str(out), name="logs")]
+    try:
+        from lightning.pytorch.loggers import TensorBoardLogger
+
+        loggers.append(TensorBoardLogger(str(out), name="tensorboard"))
+    except (ImportError, ModuleNotFoundError):
+        pass
+    validation = {"val_check_interval": int(config["val_every"]),
+                  "check_val_every_n_epoch": None} if val_set is not None else {}
+    trainer = L.Trainer(
+        max_steps=int(config["max_steps"]), accelerator=config["accelerator"],
+        devices=config["devices"], num_nodes=int(config["num_nodes"]),
+        strategy=config["strategy"], default_root_dir=str(out), logger=loggers,
+        callbacks=[ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True)],
+        log_every_n_steps=1, deterministic=True, enable_progress_bar=True, **validation,
+    )
+    trainer.fit(module, ckpt_path=config.get("resume"), **loaders)
+    bundle = out / "bundle"
+    if trainer.is_global_zero:
+        module.cpu().eval()
+        if stage == "flint":
+            save_flint_bundle(bundle, module.flint, extra={"trained_steps": trainer.global_step})
+        else:
+            save_bundle(bundle, module.model, flint_source=str(config["flint_bundle"]),
+                        extra={"trained_steps": trainer.global_step})
+        print(f"wrote {bundle}")
+    return bundle
