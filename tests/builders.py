@@ -80,13 +80,21 @@ def write_wav(path: Path, seconds: float, rate: int = 16_000, seed: int = 0,
 
 
 def synthetic_flame(n_vertices: int = 300, n_expression: int = 100, seed: int = 0) -> FlameData:
-    """A small head-like FLAME: same keys and joint tree, random but smooth bases."""
+    """A small head-like FLAME: a closed ellipsoid (15 rings × 20 segments = 300 vertices, a
+    proper triangle mesh), the same keys and joint tree as FLAME, random smooth bases."""
     rng = np.random.default_rng(seed)
-    theta = rng.uniform(0, np.pi, n_vertices)
-    phi = rng.uniform(0, 2 * np.pi, n_vertices)
-    v = np.stack([0.08 * np.sin(theta) * np.cos(phi), 0.11 * np.cos(theta),
-                  0.09 * np.sin(theta) * np.sin(phi)], axis=1) + [0, 0.02, 0]
-    faces = np.stack([rng.permutation(n_vertices)[:3] for _ in range(2 * n_vertices)])
+    rings, segments = 15, n_vertices // 15
+    theta = np.repeat(np.linspace(0.15, np.pi - 0.15, rings), segments)
+    phi = np.tile(np.linspace(0, 2 * np.pi, segments, endpoint=False), rings)
+    v = np.stack([0.08 * np.sin(theta) * np.sin(phi), 0.11 * np.cos(theta),
+                  0.09 * np.sin(theta) * np.cos(phi)], axis=1) + [0, 0.02, 0]
+    v += rng.normal(0, 1e-4, v.shape)
+    faces = []
+    for i in range(rings - 1):
+        for j in range(segments):
+            a, b = i * segments + j, i * segments + (j + 1) % segments
+            faces += [[a, a + segments, b], [b, a + segments, b + segments]]
+    faces = np.array(faces)
     joints = np.array([[0, -0.08, -0.02], [0, -0.05, -0.02], [0, -0.02, 0.0],
                        [0.03, 0.03, 0.07], [-0.03, 0.03, 0.07]])
     j_regressor = np.zeros((5, n_vertices))

@@ -7,6 +7,7 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from ..audio import SAMPLES_PER_FRAME
 from ..models.emote import EmoteConfig, EmoteModel
@@ -104,3 +105,128 @@ class EmoteStage1(L.LightningModule):
     def configure_optimizers(self) -> Any:
         trainable = [p for p in self.model.parameters() if p.requires_grad]
         return torch.optim.Adam(trainable, lr=self.lr)
+
+
+# -- stage 2 -------------------------------------------------------------------------------------
+
+N_STYLE_FREE = 8 + 3  # emotion and intensity slots of the condition; the rest is the style
+
+
+def derangement(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """A permutation with no fixed points (the reversal for two samples)."""
+    if n < 2:
+        raise ValueError("The emotion-content exchange needs a batch of at least 2.")
+    if n == 2:
+        return torch.tensor([1, 0])
+    while True:
+        perm = torch.randperm(n, generator=generator)
+        if not (perm == torch.arange(n)).any():
+            return perm
+
+
+def exchange_conditions(condition: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
+    """Each sample keeps its style (and audio) but takes the emotion and intensity of
+    ``perm[i]``."""
+    exchanged = condition.clone()
+    exchanged[:, :N_STYLE_FREE] = condition[perm, :N_STYLE_FREE]
+    return exchanged
+
+
+def exchange_references(lip: torch.Tensor, emotion: torch.Tensor, perm: torch.Tensor
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """References for the doubled batch: the exchanged half is lip-read against its own
+    (original) sample — same speech — and emotion-judged against the lender's video."""
+    return torch.cat([lip, lip]), torch.cat([emotion, emotion[perm]])
+
+
+class EmoteStage2(L.LightningModule):
+    """EMOTE stage 2 (from stage 1, wav2vec2 frozen): vertex loss, lip-reading and video-emotion
+    losses through the renderer, on the batch doubled by the emotion-content exchange."""
+
+    WEIGHTS = {"vertex": 1.0, "emotion": 1.5e-6, "lip": 2.5e-5, "emotion_exchanged": 1.5e-6,
+               "lip_exchanged": 2.5e-5}
+
+    def __init__(self, model: EmoteModel, vertices: FlameVertices, renderer: Any,
+                 lip_reader: torch.nn.Module, video_emotion: torch.nn.Module,
+                 weights: dict[str, float] | None = None, lr: float = 1e-4, seed: int = 0
+                 ) -> None:
+        super().__init__()
+        self.model = model
+        for parameter in model.audio_model.parameters():
+            parameter.requires_grad_(False)
+        for parameter in model.sequence_decoder.motion_prior.parameters():
+            parameter.requires_grad_(False)
+        self.vertices = vertices
+        self.renderer = renderer
+        # Frozen, in eval mode, outside the state dict and untouched by .train().
+        self.perceptual = {"lip": lip_reader.eval().requires_grad_(False),
+                           "emotion": video_emotion.eval().requires_grad_(False)}
+        self.weights = {**self.WEIGHTS, **(weights or {})}
+        self.lr = lr
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def train(self, mode: bool = True) -> EmoteStage2:
+        super().train(mode)
+        self.model.audio_model.eval()
+        self.model.sequence_decoder.motion_prior.eval()
+        return self
+
+    def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        from .renderer import mouth_crops
+
+        audio = normalise_batch(batch["audio"])
+        frames = audio.shape[1] // SAMPLES_PER_FRAME
+        size = audio.shape[0]
+        with torch.no_grad():
+            features = self.model.encode_audio(audio, frames)
+        perm = derangement(size, self.generator).to(audio.device)
+        conditions = torch.cat([batch["condition"], exchange_conditions(batch["condition"],
+                                                                        perm)])
+        predicted = self.model.decode(features.repeat(2, 1, 1),
+                                      conditions[:, None].expand(-1, frames, -1))
+        mask = batch["mask"]
+        pred_vertices = self.vertices(predicted)
+        with torch.no_grad():
+            gt_vertices = self.vertices(batch["motion"])
+            gt = self.renderer(gt_vertices)
+            gt_lips = self.perceptual["lip"](mouth_crops(gt["image"], _pad68(gt["landmarks"])))
+            reference_video = batch.get("video", gt["image"])
+            gt_emotion = self.perceptual["emotion"](reference_video)
+        error = ((pred_vertices[:size] - gt_vertices) ** 2).mean(dim=(2, 3))
+        vertex = (error * mask).sum() / mask.sum().clamp(min=1.0)
+        rendered = self.renderer(pred_vertices)
+        lips = self.perceptual["lip"](mouth_crops(rendered["image"],
+                                                  _pad68(rendered["landmarks"])))
+        emotion = self.perceptual["emotion"](rendered["image"])
+        lip_reference, emotion_reference = exchange_references(gt_lips, gt_emotion, perm)
+        lip_distance = 1 - F.cosine_similarity(lip_reference, lips, dim=-1)  # (2B, T)
+        emotion_distance = 1 - F.cosine_similarity(emotion_reference, emotion, dim=-1)  # (2B,)
+        parts = {
+            "vertex": vertex,
+            "lip": (lip_distance[:size] * mask).sum() / mask.sum().clamp(min=1.0),
+            "lip_exchanged": (lip_distance[size:] * mask).sum() / mask.sum().clamp(min=1.0),
+            "emotion": emotion_distance[:size].mean(),
+            "emotion_exchanged": emotion_distance[size:].mean(),
+        }
+        parts["loss"] = sum(self.weights[k] * parts[k] for k in self.WEIGHTS)
+        return parts
+
+    def training_step(self, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+        losses = self.losses(batch)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True,
+                      batch_size=len(batch["motion"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], index: int) -> None:
+        losses = self.losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()},
+                      batch_size=len(batch["motion"]))
+
+    def configure_optimizers(self) -> Any:
+        trainable = [p for p in self.model.parameters() if p.requires_grad]
+        return torch.optim.Adam(trainable, lr=self.lr)
+
+
+def _pad68(static: torch.Tensor) -> torch.Tensor:
+    """The 51 static landmarks (17..67) placed in a 68-point layout (contour left at 0)."""
+    return torch.cat([torch.zeros_like(static[..., :17, :]), static], dim=-2)

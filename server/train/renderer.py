@@ -85,52 +85,82 @@ def _barycentric(points: torch.Tensor, a: torch.Tensor, b: torch.Tensor, c: torc
     return torch.stack([1 - w1 - w2, w1, w2], dim=-1)
 
 
-def rasterize(screen: torch.Tensor, faces: torch.Tensor, size: int
+def _face_boxes(corners: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First and last pixel (column, row) whose centre a face's bounding box covers."""
+    to_pixel = (corners[..., :2] + 1) * size / 2 - 0.5  # centre index
+    first = torch.ceil(to_pixel.amin(dim=1)).clamp(0, size - 1).long()
+    last = torch.floor(to_pixel.amax(dim=1)).clamp(-1, size - 1).long()
+    return first, last
+
+
+def _candidates(corners: torch.Tensor, first: torch.Tensor, last: torch.Tensor, size: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every (face, pixel) pair of the faces' boxes: pixel index, depth, and inside-ness."""
+    extent = last - first + 1
+    width, height = int(extent[:, 0].max()), int(extent[:, 1].max())
+    du = torch.arange(width, device=corners.device)
+    dv = torch.arange(height, device=corners.device)
+    grid_u = (first[:, 0, None, None] + du[None, None, :]).expand(-1, height, -1)
+    grid_v = (first[:, 1, None, None] + dv[None, :, None]).expand(-1, -1, width)
+    valid = (grid_u <= last[:, 0, None, None]) & (grid_v <= last[:, 1, None, None])
+    centres = torch.stack([(2 * grid_u + 1) / size - 1, (2 * grid_v + 1) / size - 1],
+                          dim=-1).to(corners.dtype)
+    a, b, c = (corners[:, i, None, None, :2] for i in range(3))
+    weights = _barycentric(centres, a, b, c)
+    inside = valid & (weights >= -1e-7).all(dim=-1)
+    depth = (weights * corners[:, None, None, :, 2]).sum(-1)
+    depth = torch.where(inside, depth, torch.full_like(depth, float("inf")))
+    return torch.where(valid, grid_v * size + grid_u, 0), depth, inside
+
+
+def _chunks(area: torch.Tensor, budget: int) -> list[torch.Tensor]:
+    """Face indices in groups whose (count × largest box) stays within ``budget`` pixels."""
+    order = torch.argsort(area)
+    sorted_area = area[order].clamp(min=1)
+    groups, start, total = [], 0, len(order)
+    while start < total:
+        stop = min(total, start + max(1, budget // int(sorted_area[start])))
+        while stop > start + 1 and (stop - start) * int(sorted_area[stop - 1]) > budget:
+            stop = start + max(1, budget // int(sorted_area[stop - 1]))
+        groups.append(order[start:stop])
+        start = stop
+    return groups
+
+
+def rasterize(screen: torch.Tensor, faces: torch.Tensor, size: int, budget: int = 4_000_000
               ) -> tuple[torch.Tensor, torch.Tensor]:
     """Nearest face per pixel and its barycentrics.
 
     ``screen`` (N, V, 3) normalised coordinates; pixel (row v, column u) has its centre at
     X = (2u + 1)/size − 1, Y = (2v + 1)/size − 1. Returns ``face`` (N, size, size) long, −1 for
     background, and ``bary`` (N, size, size, 3), differentiable with respect to ``screen``.
+    Candidate (face, pixel) pairs are processed in groups of at most ``budget``, so memory
+    stays bounded whatever the triangles' sizes.
     """
     n_frames = screen.shape[0]
     face_index = torch.full((n_frames, size * size), -1, dtype=torch.long, device=screen.device)
+    face_ids = torch.arange(faces.shape[0], device=screen.device)
     with torch.no_grad():
-        corners = screen[:, faces]  # (N, F, 3, 3)
-        low = corners[..., :2].amin(dim=2)
-        high = corners[..., :2].amax(dim=2)
-        to_pixel = lambda x: (x + 1) * size / 2 - 0.5  # noqa: E731 - centre index
-        first = torch.ceil(to_pixel(low)).clamp(0, size - 1).long()
-        last = torch.floor(to_pixel(high)).clamp(-1, size - 1).long()
-        extent = (last - first + 1).clamp(min=0)
-        width = int(extent[..., 0].max()) if extent.numel() else 0
-        height = int(extent[..., 1].max()) if extent.numel() else 0
-        if width and height:
-            du = torch.arange(width, device=screen.device)
-            dv = torch.arange(height, device=screen.device)
-            grid_u = (first[..., 0, None, None] + du[None, None, None, :]).expand(
-                -1, -1, height, -1)
-            grid_v = (first[..., 1, None, None] + dv[None, None, :, None]).expand(
-                -1, -1, -1, width)
-            valid = (grid_u <= last[..., 0, None, None]) & (grid_v <= last[..., 1, None, None])
-            centres = torch.stack([(2 * grid_u + 1) / size - 1, (2 * grid_v + 1) / size - 1],
-                                  dim=-1).to(screen.dtype)
-            a, b, c = (corners[:, :, i, None, None, :2] for i in range(3))
-            weights = _barycentric(centres, a, b, c)
-            inside = valid & (weights >= -1e-7).all(dim=-1)
-            depth = (weights * corners[:, :, None, None, :, 2]).sum(-1)
-            pixel = torch.where(valid, grid_v * size + grid_u, 0)
-            depth = torch.where(inside, depth, torch.full_like(depth, float("inf")))
-            zbuffer = torch.full((n_frames, size * size), float("inf"), dtype=screen.dtype,
+        for n in range(n_frames):
+            corners = screen[n, faces]  # (F, 3, 3)
+            first, last = _face_boxes(corners, size)
+            extent = (last - first + 1).clamp(min=0)
+            area = extent[:, 0] * extent[:, 1]
+            groups = _chunks(area, budget) if bool((area > 0).any()) else []
+            groups = [g[area[g] > 0] for g in groups]
+            groups = [g for g in groups if len(g)]
+            zbuffer = torch.full((size * size,), float("inf"), dtype=screen.dtype,
                                  device=screen.device)
-            zbuffer.scatter_reduce_(1, pixel.reshape(n_frames, -1), depth.reshape(n_frames, -1),
-                                    reduce="amin")
-            nearest = inside & (depth <= zbuffer.gather(
-                1, pixel.reshape(n_frames, -1)).reshape(depth.shape))
-            face_ids = torch.arange(faces.shape[0], device=screen.device)[None, :, None, None]
-            candidates = torch.where(nearest, face_ids.expand_as(pixel), -1)
-            face_index.scatter_reduce_(1, pixel.reshape(n_frames, -1),
-                                       candidates.reshape(n_frames, -1), reduce="amax")
+            for group in groups:  # pass 1: nearest depth per pixel
+                pixel, depth, _ = _candidates(corners[group], first[group], last[group], size)
+                zbuffer.scatter_reduce_(0, pixel.reshape(-1), depth.reshape(-1), reduce="amin")
+            for group in groups:  # pass 2: which face has it
+                pixel, depth, inside = _candidates(corners[group], first[group], last[group],
+                                                   size)
+                nearest = inside & (depth <= zbuffer[pixel])
+                ids = torch.where(nearest, face_ids[group][:, None, None].expand_as(pixel), -1)
+                face_index[n].scatter_reduce_(0, pixel.reshape(-1), ids.reshape(-1),
+                                              reduce="amax")
     face_index = face_index.reshape(n_frames, size, size)
     # Barycentrics again, now with gradients, for the winning face of every covered pixel.
     rows = torch.arange(size, device=screen.device, dtype=screen.dtype)
