@@ -57,10 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     _model_args(info)
     info.add_argument("--json", action="store_true", help="print JSON")
 
-    train = sub.add_parser("train", help="train FLINT or EMOTE stage 1 (needs the 'train' extra)",
+    train = sub.add_parser("train", help="train FLINT, EMOTE stage 1 or stage 2",
                            description="Train from a YAML config (see server/train/run.py and "
                                        "README); writes checkpoints, logs and a bundle.")
-    train.add_argument("stage", choices=("flint", "stage1"))
+    train.add_argument("stage", choices=("flint", "stage1", "stage2"))
     train.add_argument("--config", type=Path, required=True, help="training config (.yaml)")
 
     worker = sub.add_parser("worker", help="JSON-lines worker on stdin/stdout (for the add-on)")

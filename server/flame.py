@@ -185,9 +185,11 @@ def _read_landmark_embedding(data: FlameData, embedding: Path) -> None:
     except ValueError:
         # The release stores a pickled dict inside the .npy; read it without running code.
         with open(embedding, "rb") as f:
-            np.lib.format.read_magic(f)
-            header = np.lib.format._read_array_header(f, version=(1, 0))  # noqa: SLF001
-            del header
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                np.lib.format.read_array_header_1_0(f)
+            else:
+                np.lib.format.read_array_header_2_0(f)
             raw = load_pickle_stream(f)
         raw = raw.item() if isinstance(raw, np.ndarray) else raw
     if isinstance(raw, dict) and "static_lmk_faces_idx" in raw:

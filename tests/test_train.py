@@ -147,3 +147,49 @@ def test_ddp_on_cpu_with_two_processes(dataset, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size: 2" in result.stderr or "MEMBER: 2/2" in result.stderr
     assert (tmp_path / "ddp" / "bundle" / "model.safetensors").is_file()
+
+
+def test_cli_stage2_from_stage1_with_released_weight_layouts(dataset, tmp_path):
+    """One stage-2 step from the command line, with randomly initialised perceptual networks
+    saved in the layouts of their released files."""
+    from server.checkpoints import save_bundle
+    from server.models.emote import EmoteModel
+    from server.train.perceptual import (
+        EmotionResNet50,
+        LipReadingFrontend,
+        VideoEmotionClassifier,
+    )
+
+    torch.manual_seed(0)
+    lip = LipReadingFrontend()
+    torch.save({f"encoder.frontend.{k}": v for k, v in lip.state_dict().items()},
+               tmp_path / "model.pth")
+    emotion = EmotionResNet50()
+    torch.save({"state_dict": emotion.state_dict(), "hyper_parameters": {}},
+               tmp_path / "emotion.ckpt")
+    torch.save({"state_dict": VideoEmotionClassifier().state_dict()}, tmp_path / "video.ckpt")
+    config = tiny_config(styles=["M003", "W009"])
+    config.flint = SMALL_FLINT
+    save_bundle(tmp_path / "stage1", EmoteModel(config))
+    flame = load_flame_file(dataset / "flame.pkl")
+    rng = np.random.default_rng(1)
+    np.save(tmp_path / "landmark_embedding.npy", {
+        "static_lmk_faces_idx": rng.integers(0, len(flame.faces), 51),
+        "static_lmk_bary_coords": np.full((51, 3), 1 / 3)}, allow_pickle=True)
+    cfg = tmp_path / "stage2.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "data": str(dataset / "data"), "flame": str(dataset / "flame.pkl"),
+        "landmark_embedding": str(tmp_path / "landmark_embedding.npy"),
+        "out": str(tmp_path / "run"), "stage1_bundle": str(tmp_path / "stage1"),
+        "lip_reader": str(tmp_path / "model.pth"), "emotion_cnn": str(tmp_path / "emotion.ckpt"),
+        "video_emotion": str(tmp_path / "video.ckpt"), "window": 8, "batch_size": 2,
+        "max_steps": 1, "accelerator": "cpu"}))
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    result = subprocess.run([sys.executable, "-m", "server", "train", "stage2", "--config",
+                             str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
+                            timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = next((tmp_path / "run" / "logs").rglob("metrics.csv")).read_text()
+    for column in ("train/lip_exchanged", "train/emotion_exchanged", "train/vertex"):
+        assert column in metrics
+    assert (tmp_path / "run" / "bundle" / "model.safetensors").is_file()

@@ -179,7 +179,10 @@ class EmoteStage2(L.LightningModule):
         size = audio.shape[0]
         with torch.no_grad():
             features = self.model.encode_audio(audio, frames)
-        perm = derangement(size, self.generator).to(audio.device)
+        # A lone sample (the end of a validation set) has nobody to exchange with.
+        exchange = size >= 2
+        perm = derangement(size, self.generator).to(audio.device) if exchange else \
+            torch.zeros(1, dtype=torch.long, device=audio.device)
         conditions = torch.cat([batch["condition"], exchange_conditions(batch["condition"],
                                                                         perm)])
         predicted = self.model.decode(features.repeat(2, 1, 1),
@@ -208,6 +211,8 @@ class EmoteStage2(L.LightningModule):
             "emotion": emotion_distance[:size].mean(),
             "emotion_exchanged": emotion_distance[size:].mean(),
         }
+        if not exchange:
+            parts["lip_exchanged"] = parts["emotion_exchanged"] = torch.zeros_like(vertex)
         parts["loss"] = sum(self.weights[k] * parts[k] for k in self.WEIGHTS)
         return parts
 

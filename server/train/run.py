@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""``python -m server train flint|stage1 --config CONFIG.yaml``: one config, one GPU or many.
+"""``python -m server train flint|stage1|stage2 --config CONFIG.yaml``: one config, one GPU or
+many.
 
 Config keys (YAML): ``data`` (dataset folder), ``flame`` (FLAME file), ``out`` (run folder:
 checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), ``flint`` /
@@ -8,6 +9,12 @@ checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), `
 (1e-4), ``max_steps``, ``val_every`` (steps), ``accelerator`` (auto|cpu|gpu), ``devices``,
 ``num_nodes``, ``strategy`` (auto|ddp|…), ``seed``, ``resume`` (a checkpoint to continue from),
 ``windows_per_epoch``, ``num_workers``.
+Stage 2 also needs ``stage1_bundle`` and the perceptual networks' released files
+``lip_reader`` (LRS3_V_WER32.3 ``model.pth``), ``emotion_cnn`` (the ResNet-50 emotion
+``.ckpt``) and ``video_emotion`` (the video emotion classifier ``.ckpt``), and FLAME's
+``landmark_embedding`` (default: beside the FLAME file); ``loss_weights`` overrides the
+weights (vertex, lip, emotion, lip_exchanged, emotion_exchanged). References are renders of the
+pseudo ground truth (reading aligned real video is not supported yet).
 """
 
 from __future__ import annotations
@@ -20,6 +27,12 @@ import yaml
 DEFAULTS = {
     "flint": {"window": 32, "batch_size": 32},
     "stage1": {"window": 64, "batch_size": 4},
+    "stage2": {"window": 64, "batch_size": 4},
+}
+STAGE_FILES = {
+    "flint": (),
+    "stage1": ("flint_bundle",),
+    "stage2": ("stage1_bundle", "lip_reader", "emotion_cnn", "video_emotion"),
 }
 
 
@@ -32,12 +45,12 @@ def read_config(path: Path, stage: str) -> dict[str, Any]:
     merged = {"lr": 1e-4, "max_steps": 1000, "val_every": 200, "accelerator": "auto",
               "devices": 1, "num_nodes": 1, "strategy": "auto", "seed": 0,
               "num_workers": 0, **DEFAULTS[stage], **config}
-    for key in ("data", "flame", "out", "flint_bundle", "resume"):
+    for key in ("data", "flame", "out", "resume", "landmark_embedding", "flint_bundle",
+                "stage1_bundle", "lip_reader", "emotion_cnn", "video_emotion"):
         if merged.get(key):
             merged[key] = str((base / merged[key]).resolve()) if not Path(
                 merged[key]).is_absolute() else merged[key]
-    missing = [k for k in ("data", "flame", "out") + (("flint_bundle",) if stage == "stage1"
-                                                       else ()) if not merged.get(k)]
+    missing = [k for k in ("data", "flame", "out") + STAGE_FILES[stage] if not merged.get(k)]
     if missing:
         raise ValueError(f"The training config lacks: {', '.join(missing)}.")
     return merged
@@ -61,7 +74,8 @@ def train(stage: str, config_path: Path) -> Path:
     config = read_config(config_path, stage)
     L.seed_everything(int(config["seed"]), workers=True)
     out = Path(config["out"])
-    vertices = FlameVertices(load_flame_file(config["flame"]))
+    flame = load_flame_file(config["flame"], config.get("landmark_embedding"))
+    vertices = FlameVertices(flame)
     motion_only = stage == "flint"
     train_set = SequenceWindows(config["data"], "train", int(config["window"]),
                                 seed=int(config["seed"]), motion_only=motion_only,
@@ -74,6 +88,8 @@ def train(stage: str, config_path: Path) -> Path:
     if stage == "flint":
         flint_config = FlintConfig(**config.get("flint", {}))
         module: L.LightningModule = FlintModule(flint_config, vertices, lr=float(config["lr"]))
+    elif stage == "stage2":
+        module = _stage2_module(config, flame, vertices)
     else:
         flint = load_flint_bundle(config["flint_bundle"])
         overrides = dict(config.get("model", {}))
@@ -116,7 +132,31 @@ def train(stage: str, config_path: Path) -> Path:
         if stage == "flint":
             save_flint_bundle(bundle, module.flint, extra={"trained_steps": trainer.global_step})
         else:
-            save_bundle(bundle, module.model, flint_source=str(config["flint_bundle"]),
-                        extra={"trained_steps": trainer.global_step})
+            source = config.get("flint_bundle") or config["stage1_bundle"]
+            save_bundle(bundle, module.model, flint_source=str(source),
+                        extra={"trained_steps": trainer.global_step, "stage": stage})
         print(f"wrote {bundle}")
     return bundle
+
+
+def _stage2_module(config: dict[str, Any], flame: Any, vertices: Any) -> Any:
+    import torch
+
+    from ..checkpoints import load_model
+    from .modules import EmoteStage2
+    from .perceptual import VideoEmotion, load_emotion_cnn, load_lip_reader, load_video_emotion
+    from .renderer import FixedViewRenderer
+
+    if not len(flame.landmark_faces):
+        raise ValueError("Stage 2 needs FLAME's landmark_embedding.npy (mouth landmarks): put "
+                         "it beside the FLAME file or set landmark_embedding.")
+    model = load_model(config["stage1_bundle"]).model
+    renderer = FixedViewRenderer(
+        torch.tensor(flame.faces), size=int(config.get("render_size", 224)),
+        landmark_faces=torch.tensor(flame.landmark_faces),
+        landmark_barycentrics=torch.tensor(flame.landmark_barycentrics, dtype=torch.float32))
+    emotion = VideoEmotion(load_emotion_cnn(config["emotion_cnn"]),
+                           load_video_emotion(config["video_emotion"]))
+    return EmoteStage2(model, vertices, renderer, load_lip_reader(config["lip_reader"]),
+                       emotion, weights=config.get("loss_weights"), lr=float(config["lr"]),
+                       seed=int(config["seed"]))
