@@ -15,7 +15,31 @@ from ..models.flint import Flint, FlintConfig
 from .geometry import FlameVertices, kl_per_latent_frame, masked_vertex_mse
 
 
-class FlintModule(L.LightningModule):
+class _TrainingModule(L.LightningModule):
+    """Logging and optimisation shared by the stages: subclasses give ``losses(batch)`` (a dict
+    with ``loss``) and ``trainable()``."""
+
+    lr: float
+
+    def validation_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.losses(batch)
+
+    def training_step(self, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
+        losses = self.losses(batch)
+        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True,
+                      batch_size=len(batch["motion"]))
+        return losses["loss"]
+
+    def validation_step(self, batch: dict[str, torch.Tensor], index: int) -> None:
+        losses = self.validation_losses(batch)
+        self.log_dict({f"val/{k}": v for k, v in losses.items()},
+                      batch_size=len(batch["motion"]))
+
+    def configure_optimizers(self) -> Any:
+        return torch.optim.Adam([p for p in self.trainable() if p.requires_grad], lr=self.lr)
+
+
+class FlintModule(_TrainingModule):
     """Vertex MSE × 1e6 + per-latent-frame KL × 1e-3, Adam 1e-4 (EMOTE §4)."""
 
     def __init__(self, config: FlintConfig, vertices: FlameVertices, lr: float = 1e-4,
@@ -34,19 +58,11 @@ class FlintModule(L.LightningModule):
         total = self.vertex_weight * vertex + self.kl_weight * kl
         return {"loss": total, "vertex": vertex, "kl": kl}
 
-    def training_step(self, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
-        losses = self.losses(batch)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True,
-                      batch_size=len(batch["motion"]))
-        return losses["loss"]
+    def validation_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return self.losses(batch, sample=False)  # the posterior mean, no sampling noise
 
-    def validation_step(self, batch: dict[str, torch.Tensor], index: int) -> None:
-        losses = self.losses(batch, sample=False)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()},
-                      batch_size=len(batch["motion"]))
-
-    def configure_optimizers(self) -> Any:
-        return torch.optim.Adam(self.flint.parameters(), lr=self.lr)
+    def trainable(self) -> Any:
+        return self.flint.parameters()
 
 
 def normalise_batch(audio: torch.Tensor) -> torch.Tensor:
@@ -56,7 +72,7 @@ def normalise_batch(audio: torch.Tensor) -> torch.Tensor:
     return (audio - mean) / torch.sqrt(var + 1e-7)
 
 
-class EmoteStage1(L.LightningModule):
+class EmoteStage1(_TrainingModule):
     """EMOTE stage 1: masked vertex MSE; wav2vec2 trained except its CNN; FLINT frozen; the
     regressor's 256→128 output layer starts at zero (EMOTE §7)."""
 
@@ -91,20 +107,8 @@ class EmoteStage1(L.LightningModule):
         vertex = masked_vertex_mse(self.vertices, predicted, batch["motion"], batch["mask"])
         return {"loss": vertex, "vertex": vertex}
 
-    def training_step(self, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
-        losses = self.losses(batch)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True,
-                      batch_size=len(batch["motion"]))
-        return losses["loss"]
-
-    def validation_step(self, batch: dict[str, torch.Tensor], index: int) -> None:
-        losses = self.losses(batch)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()},
-                      batch_size=len(batch["motion"]))
-
-    def configure_optimizers(self) -> Any:
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.Adam(trainable, lr=self.lr)
+    def trainable(self) -> Any:
+        return self.model.parameters()
 
 
 # -- stage 2 -------------------------------------------------------------------------------------
@@ -139,7 +143,7 @@ def exchange_references(lip: torch.Tensor, emotion: torch.Tensor, perm: torch.Te
     return torch.cat([lip, lip]), torch.cat([emotion, emotion[perm]])
 
 
-class EmoteStage2(L.LightningModule):
+class EmoteStage2(_TrainingModule):
     """EMOTE stage 2 (from stage 1, wav2vec2 frozen): vertex loss, lip-reading and video-emotion
     losses through the renderer, on the batch doubled by the emotion-content exchange."""
 
@@ -216,20 +220,8 @@ class EmoteStage2(L.LightningModule):
         parts["loss"] = sum(self.weights[k] * parts[k] for k in self.WEIGHTS)
         return parts
 
-    def training_step(self, batch: dict[str, torch.Tensor], index: int) -> torch.Tensor:
-        losses = self.losses(batch)
-        self.log_dict({f"train/{k}": v for k, v in losses.items()}, prog_bar=True,
-                      batch_size=len(batch["motion"]))
-        return losses["loss"]
-
-    def validation_step(self, batch: dict[str, torch.Tensor], index: int) -> None:
-        losses = self.losses(batch)
-        self.log_dict({f"val/{k}": v for k, v in losses.items()},
-                      batch_size=len(batch["motion"]))
-
-    def configure_optimizers(self) -> Any:
-        trainable = [p for p in self.model.parameters() if p.requires_grad]
-        return torch.optim.Adam(trainable, lr=self.lr)
+    def trainable(self) -> Any:
+        return self.model.parameters()
 
 
 def _pad68(static: torch.Tensor) -> torch.Tensor:
