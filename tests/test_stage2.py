@@ -132,3 +132,30 @@ def test_stage2_step_trains_the_regressor_only(tmp_path):
     assert all(p.grad is None for p in model.audio_model.parameters())
     assert all(p.grad is None for p in decoder.motion_prior.parameters())
     assert not any(k.startswith("perceptual") for k in stage2.state_dict())
+
+
+def test_stage2_loss_falls_over_a_few_dozen_steps(tmp_path):
+    torch.manual_seed(0)
+    write_synthetic_flame(tmp_path / "flame.pkl")
+    write_training_dataset(tmp_path / "data", sequences=4)
+    flame = load_flame_file(tmp_path / "flame.pkl")
+    landmark_faces = torch.tensor(np.random.default_rng(0).integers(0, len(flame.faces), 51))
+    renderer = FixedViewRenderer(torch.tensor(flame.faces), landmark_faces=landmark_faces,
+                                 landmark_barycentrics=torch.full((51, 3), 1 / 3))
+    config = tiny_config(styles=["M003", "W009"], dropout=0.0)
+    config.flint = FlintConfig(feature_dim=16, latent_dim=16, dim_feedforward=24)
+    stage2 = EmoteStage2(EmoteModel(config), FlameVertices(flame), renderer,
+                         LipReadingFrontend(), VideoEmotion(TinyFrames(),
+                                                            VideoEmotionClassifier()), lr=2e-3)
+    windows = SequenceWindows(tmp_path / "data", "train", 8, windows_per_epoch=2 * 24)
+    optimizer = stage2.configure_optimizers()
+    stage2.train()
+    losses = []
+    for batch in torch.utils.data.DataLoader(windows, batch_size=2):
+        loss = stage2.losses(batch)["loss"]
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    assert len(losses) == 24
+    assert np.mean(losses[-4:]) < 0.5 * np.mean(losses[:4])
