@@ -63,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("stage", choices=("flint", "stage1", "stage2"))
     train.add_argument("--config", type=Path, required=True, help="training config (.yaml)")
 
+    mead = sub.add_parser("prepare-mead", help="convert processed MEAD into a training dataset",
+                          description="Convert the official processed-MEAD folder (metadata.pkl, "
+                                      "audio/, reconstructions/EMICA-MEAD_flame2020/, "
+                                      "landmarks_original/) into our training dataset format.")
+    mead.add_argument("processed", type=Path, help="the processed/ folder")
+    mead.add_argument("out", type=Path, help="the dataset folder to write")
+
     worker = sub.add_parser("worker", help="JSON-lines worker on stdin/stdout (for the add-on)")
     worker.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                         help="exit after this long without requests (default: never)")
@@ -88,6 +95,14 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(args.idle_timeout)
     try:
+        if args.command == "prepare-mead":
+            from .train.mead import convert
+
+            summary = convert(args.processed, args.out)
+            print(f"wrote {summary['sequences']} sequences to {args.out} "
+                  f"({len(summary['identities'])} training identities, "
+                  f"{len(summary['skipped'])} videos skipped)")
+            return 0
         if args.command == "train":
             from .train.run import train
 
