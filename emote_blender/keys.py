@@ -15,7 +15,7 @@ import bpy
 import numpy as np
 
 from . import compat, motion
-from .rig import Rig
+from .rig import Rig, jaw_joint_basis, lower_face_share
 from .server.flame import axis_angle_to_matrix, jaw_corrective_weights
 
 INTERPOLATION_LINEAR = 1  # enum index of 'LINEAR' in Keyframe.interpolation
@@ -58,8 +58,9 @@ class Channels:
 def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: Placement,
                   controls: motion.Controls, flame_frame: tuple[np.ndarray, float]) -> Channels:
     """Everything to key, at every scene frame the strip plays (shifted by the offset)."""
+    share = lower_face_share(rig)
     expression, jaw = motion.apply_controls(expression, jaw, controls,
-                                            _lower_share(rig, expression.shape[1]))
+                                            share if len(share) else None)
     frames = np.arange(placement.frame_start, placement.frame_end, dtype=np.float64)
     positions = motion.sample_positions(frames, placement.strip_start, placement.fps,
                                         placement.sound_offset, placement.audio_start)
@@ -75,24 +76,12 @@ def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: 
         rot_bone = motion.flame_to_bone(axis_angle_to_matrix(jaw), rest, c)
         pose_bone = rig.armature.pose.bones[rig.jaw_bone]
         rotation, path = _rotation_channel(pose_bone, rot_bone)
-        offsets = motion.jaw_pivot_offsets(jaw, expression, _joint_basis(rig))
+        offsets = motion.jaw_pivot_offsets(jaw, expression, jaw_joint_basis(rig))
         if offsets is not None:
             location = scale * (offsets @ c.T) @ rest  # FLAME → armature → bone rest frame
     return Channels(frames=frames, expression=expression, correctives=correctives,
                     jaw_rotation=rotation, jaw_location=location, rotation_path=path)
 
-
-def _lower_share(rig: Rig, n: int) -> np.ndarray | None:
-    from .rig import lower_face_share
-
-    share = lower_face_share(rig)
-    return np.resize(share, n) if len(share) else None
-
-
-def _joint_basis(rig: Rig) -> np.ndarray | None:
-    from .rig import jaw_joint_basis
-
-    return jaw_joint_basis(rig)
 
 
 def _rotation_channel(pose_bone: Any, rotations: np.ndarray) -> tuple[np.ndarray, str]:

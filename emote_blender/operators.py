@@ -4,6 +4,7 @@ apply results. ``bpy.ops.emote.generate(wait=True)`` blocks until done (scripts,
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -272,9 +273,8 @@ def apply_result(pending: PendingGeneration, reply: dict[str, Any]) -> str:
         take.condition = json.dumps(pending.condition if isinstance(pending.condition, dict)
                                     else "per-frame")
         keys.activate_take(target, take)
-        mesh["emote_switching"] = True
-        mesh.emote_active_take = len(mesh.emote_takes) - 1
-        del mesh["emote_switching"]
+        with takes_switched_by_code(mesh):
+            mesh.emote_active_take = len(mesh.emote_takes) - 1
     except Exception:
         # Nothing half-done stays in the scene.
         if len(mesh.emote_takes) and mesh.emote_takes[-1].shape_action in created:
@@ -284,9 +284,8 @@ def apply_result(pending: PendingGeneration, reply: dict[str, Any]) -> str:
         compat.assign_action(target.shape_keys, previous[0])
         if target.armature is not None:
             compat.assign_action(target.armature, previous[1])
-        mesh["emote_switching"] = True
-        mesh.emote_active_take = previous[2]
-        del mesh["emote_switching"]
+        with takes_switched_by_code(mesh):
+            mesh.emote_active_take = previous[2]
         raise
     all_notes = pending.notes + notes + ([frame_info[2]] if frame_info[2] else []) + list(
         reply.get("warnings", []))
@@ -317,6 +316,17 @@ def reapply_take_controls(mesh: Any, take: Any) -> None:
                                smoothing=take.smoothing)
     channels = keys.take_channels(target, expression, jaw, placement, controls, frame)
     keys.write_channels(target, channels, take.shape_action, take.armature_action)
+
+
+@contextlib.contextmanager
+def takes_switched_by_code(mesh: Any) -> Any:
+    """Change ``emote_active_take`` without its update callback re-assigning actions (the
+    caller assigns them itself)."""
+    mesh["emote_switching"] = True
+    try:
+        yield
+    finally:
+        del mesh["emote_switching"]
 
 
 def switch_take(mesh: Any) -> None:
@@ -451,11 +461,8 @@ class EMOTE_OT_take_delete(bpy.types.Operator):
             self.report({"ERROR"}, str(exc))
             return {"CANCELLED"}
         index = self.index if self.index >= 0 else mesh.emote_active_take
-        mesh["emote_switching"] = True
-        try:
+        with takes_switched_by_code(mesh):
             keys.delete_take(mesh, target, index)
-        finally:
-            del mesh["emote_switching"]
         return {"FINISHED"}
 
 

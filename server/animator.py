@@ -141,7 +141,7 @@ class Animator:
                cancel: threading.Event | None = None) -> AudioFeatures:
         """wav2vec2 + audio projection for ``clip``, from the cache when it was seen before."""
         frames = clip.frames
-        key = f"{clip.content_hash()}:{self.window}:{self.overlap}"
+        key = self._cache_key(clip)
         with self._lock:
             if key in self._cache:
                 self._cache.move_to_end(key)
@@ -195,8 +195,12 @@ class Animator:
         features = self.encode(clip, progress, cancel)
         return self.decode(features, condition, progress, cancel)
 
+    def _cache_key(self, clip: AudioClip) -> str:
+        """Features depend on the samples and on the windowing, nothing else."""
+        return f"{clip.content_hash()}:{self.window}:{self.overlap}"
+
     def cached(self, clip: AudioClip) -> bool:
-        return f"{clip.content_hash()}:{self.window}:{self.overlap}" in self._cache
+        return self._cache_key(clip) in self._cache
 
 
 def _check(cancel: threading.Event | None) -> None:

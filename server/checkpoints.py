@@ -426,43 +426,38 @@ def _write_folder_atomically(folder: Path, files: dict[str, Any]) -> None:
                 os.unlink(tmp)
 
 
+def _write_bundle(folder: str | Path, module: torch.nn.Module, meta: dict[str, Any]) -> Path:
+    """``config.json`` (``meta``) + ``model.safetensors`` (``module``'s weights), atomically."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    _write_folder_atomically(folder, {
+        "model.safetensors": lambda p: save_file(state, p),
+        "config.json": (json.dumps(meta, indent=2) + "\n").encode(),
+    })
+    return folder
+
+
 def save_bundle(folder: str | Path, model: EmoteModel, flint_source: str = "bundled",
                 flame: str | None = None, extra: dict[str, Any] | None = None) -> Path:
     """Write ``model`` as a bundle: ``config.json`` + ``model.safetensors``.
 
     ``flame`` names a FLAME file inside the folder that the model was trained with (optional).
     """
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
     meta = {"format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
             "model": model.config.to_dict(), "flint": flint_source}
     if flame:
         meta["flame"] = flame
-    meta.update(extra or {})
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _write_folder_atomically(folder, {
-        "model.safetensors": lambda p: save_file(state, p),
-        "config.json": (json.dumps(meta, indent=2) + "\n").encode(),
-    })
-    return folder
+    return _write_bundle(folder, model, {**meta, **(extra or {})})
 
 
 def save_flint_bundle(folder: str | Path, flint: Flint, extra: dict[str, Any] | None = None
                       ) -> Path:
     """Write a trained FLINT (encoder + decoder) as ``config.json`` + ``model.safetensors``."""
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
     meta = {"format": FLINT_BUNDLE_FORMAT, "version": BUNDLE_VERSION,
             "model": flint.config.to_dict()}
-    meta.update(extra or {})
-    state = {k: v.detach().cpu().contiguous() for k, v in flint.state_dict().items()}
-    _write_folder_atomically(folder, {
-        "model.safetensors": lambda p: save_file(state, p),
-        "config.json": (json.dumps(meta, indent=2) + "\n").encode(),
-    })
-    return folder
+    return _write_bundle(folder, flint, {**meta, **(extra or {})})
 
 
 def load_flint_bundle(folder: str | Path) -> Flint:

@@ -24,6 +24,7 @@ from .safe_pickle import (
     Stub,
     UnsafeFileError,
     load_pickle,
+    load_pickle_stream,
 )
 
 SHAPE_SPACE_DIM = 300  # FLAME's shapedirs: columns 0-299 identity, 300-399 expression
@@ -195,12 +196,6 @@ def _read_landmark_embedding(data: FlameData, embedding: Path) -> None:
     if isinstance(raw, dict) and "static_lmk_faces_idx" in raw:
         data.landmark_faces = np.asarray(raw["static_lmk_faces_idx"], np.int64)
         data.landmark_barycentrics = np.asarray(raw["static_lmk_bary_coords"], np.float64)
-
-
-def load_pickle_stream(stream: Any) -> Any:
-    from .safe_pickle import RestrictedUnpickler
-
-    return RestrictedUnpickler(stream, encoding="latin1").load()
 
 
 def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:

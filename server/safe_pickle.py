@@ -144,6 +144,11 @@ def load_pickle(path: Path, encoding: str = "latin1") -> Any:
     return unpickler.load()
 
 
+def load_pickle_stream(stream: Any, encoding: str = "latin1") -> Any:
+    """Unpickle the next pickle of an open binary ``stream`` with :class:`RestrictedUnpickler`."""
+    return RestrictedUnpickler(stream, encoding=encoding).load()
+
+
 def _pickle_module_for(path: Path) -> types.ModuleType:
     """A stand-in ``pickle`` module for ``torch.load`` whose Unpickler is restricted."""
 

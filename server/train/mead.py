@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import load_audio
-from ..safe_pickle import RestrictedUnpickler
+from ..safe_pickle import load_pickle, load_pickle_stream
 from .data import write_index, write_sequence
 
 EMOTION_FOLDERS = {  # MEAD folder name → index in Neutral Happy Sad Surprise Fear Disgust
@@ -43,7 +43,7 @@ def read_video_list(processed: Path) -> list[str]:
     stream = io.BytesIO(data)
     items = []
     while stream.tell() < len(data) and len(items) < 2:
-        items.append(RestrictedUnpickler(stream, encoding="latin1").load())
+        items.append(load_pickle_stream(stream))
     if len(items) < 2 or not isinstance(items[1], (list, tuple)):
         raise ValueError(f"'{processed / 'metadata.pkl'}' does not hold a video list.")
     return [str(v) for v in items[1]]
@@ -98,8 +98,7 @@ def convert(processed: Path, out: Path) -> dict[str, Any]:
         used = (processed / "landmarks_original" / "mediapipe" / relative /
                 "landmarks_alignment_used_frame_indices.pkl")
         if used.is_file():
-            indices = np.asarray(RestrictedUnpickler(io.BytesIO(used.read_bytes()),
-                                                     encoding="latin1").load(), dtype=np.int64)
+            indices = np.asarray(load_pickle(used), dtype=np.int64)
             validity[:] = False
             validity[indices[indices < frames]] = True
         clip = load_audio(audio_path, allow_low_rate=True)
