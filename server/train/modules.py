@@ -74,17 +74,22 @@ def normalise_batch(audio: torch.Tensor) -> torch.Tensor:
 
 class EmoteStage1(_TrainingModule):
     """EMOTE stage 1: masked vertex MSE; wav2vec2 trained except its CNN; FLINT frozen; the
-    regressor's 256→128 output layer starts at zero (EMOTE §7)."""
+    regressor's 256→128 output layer starts at zero (EMOTE §7).
+
+    ``train_audio_cnn=True`` also trains the CNN: for a wav2vec2 trained from scratch (the
+    demo model), where there is no pretrained feature extractor to keep.
+    """
 
     def __init__(self, config: EmoteConfig, flint: Flint, vertices: FlameVertices,
-                 lr: float = 1e-4) -> None:
+                 lr: float = 1e-4, train_audio_cnn: bool = False) -> None:
         super().__init__()
         self.model = EmoteModel(config)
         decoder = self.model.sequence_decoder
         decoder.motion_prior.motion_decoder.load_state_dict(flint.motion_decoder.state_dict())
         for parameter in decoder.motion_prior.parameters():
             parameter.requires_grad_(False)
-        self.model.audio_model.model.feature_extractor._freeze_parameters()
+        if not train_audio_cnn:
+            self.model.audio_model.model.feature_extractor._freeze_parameters()
         torch.nn.init.zeros_(decoder.decoder.weight)
         torch.nn.init.zeros_(decoder.decoder.bias)
         self.vertices = vertices

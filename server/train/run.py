@@ -8,7 +8,9 @@ checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), `
 ``window`` (frames; default 32 for FLINT, 64 for stage 1), ``batch_size`` (32 / 4), ``lr``
 (1e-4), ``max_steps``, ``val_every`` (steps), ``accelerator`` (auto|cpu|gpu), ``devices``,
 ``num_nodes``, ``strategy`` (auto|ddp|…), ``seed``, ``resume`` (a checkpoint to continue from),
-``windows_per_epoch``, ``num_workers``.
+``windows_per_epoch``, ``num_workers``, ``gradient_clip`` (norm; default none),
+``train_audio_cnn`` (stage 1: also train wav2vec2's
+CNN, for a wav2vec2 trained from scratch; default false as in EMOTE).
 Stage 2 also needs ``stage1_bundle`` and the perceptual networks' released files
 ``lip_reader`` (LRS3_V_WER32.3 ``model.pth``), ``emotion_cnn`` (the ResNet-50 emotion
 ``.ckpt``) and ``video_emotion`` (the video emotion classifier ``.ckpt``), and FLAME's
@@ -99,7 +101,8 @@ def train(stage: str, config_path: Path) -> Path:
         if emote_config.condition_dim != train_set.condition_dim:
             raise ValueError(f"The model expects {emote_config.condition_dim} condition numbers;"
                              f" the dataset gives {train_set.condition_dim}.")
-        module = EmoteStage1(emote_config, flint, vertices, lr=float(config["lr"]))
+        module = EmoteStage1(emote_config, flint, vertices, lr=float(config["lr"]),
+                             train_audio_cnn=bool(config.get("train_audio_cnn", False)))
 
     loaders = {
         "train_dataloaders": DataLoader(train_set, batch_size=int(config["batch_size"]),
@@ -123,7 +126,8 @@ def train(stage: str, config_path: Path) -> Path:
         devices=config["devices"], num_nodes=int(config["num_nodes"]),
         strategy=config["strategy"], default_root_dir=str(out), logger=loggers,
         callbacks=[ModelCheckpoint(dirpath=str(out / "checkpoints"), save_last=True)],
-        log_every_n_steps=1, deterministic=True, enable_progress_bar=True, **validation,
+        log_every_n_steps=1, deterministic=True, enable_progress_bar=True,
+        gradient_clip_val=config.get("gradient_clip"), **validation,
     )
     trainer.fit(module, ckpt_path=config.get("resume"), **loaders)
     bundle = out / "bundle"
