@@ -66,14 +66,12 @@ class ConditionSpace:
 
     def per_frame(self, condition: Any, frames: int) -> np.ndarray:
         """A (T, C) float32 array from a (C,) or (N, C) array, or a dict of
-        ``emotion``/``intensity``/``style`` choices. An (N, C) array with N ≠ T is spread over
-        the clip by linear interpolation, so a condition curve sampled at any rate fits."""
+        ``emotion``/``intensity``/``style`` choices. In the dict, a field may also be a list of
+        N choices (a curve: one per sample, e.g. ``{"emotion": ["Neutral", {"Anger": 1}, …],
+        "style": 3}``); curves must have the same N. An (N, C) condition with N ≠ T is spread
+        over the clip by linear interpolation, so a condition curve sampled at any rate fits."""
         if isinstance(condition, Mapping):
-            unknown = set(condition) - {"emotion", "intensity", "style"}
-            if unknown:
-                raise ConditionError(f"Unknown condition field(s): {', '.join(sorted(unknown))}.")
-            condition = self.vector(condition.get("emotion", "Neutral"),
-                                    condition.get("intensity", 2), condition.get("style", 0))
+            condition = self._from_fields(condition)
         array = np.asarray(condition, dtype=np.float64)
         if array.ndim == 1:
             array = array[None]
@@ -91,6 +89,24 @@ class ConditionSpace:
             target = np.linspace(0.0, 1.0, frames)
             array = np.stack([np.interp(target, source, col) for col in array.T], axis=1)
         return array.astype(np.float32)
+
+    def _from_fields(self, condition: Mapping[str, Any]) -> np.ndarray:
+        unknown = set(condition) - {"emotion", "intensity", "style"}
+        if unknown:
+            raise ConditionError(f"Unknown condition field(s): {', '.join(sorted(unknown))}.")
+        fields = {"emotion": condition.get("emotion", "Neutral"),
+                  "intensity": condition.get("intensity", 2), "style": condition.get("style", 0)}
+        curves = {k: v for k, v in fields.items()
+                  if isinstance(v, Sequence) and not isinstance(v, str)}
+        if not curves:
+            return self.vector(**fields)
+        lengths = {len(v) for v in curves.values()}
+        if len(lengths) != 1 or 0 in lengths:
+            raise ConditionError("Condition curves must be non-empty and of equal length; got "
+                                 + ", ".join(f"{k}: {len(v)}" for k, v in curves.items()) + ".")
+        n = lengths.pop()
+        return np.stack([self.vector(**{k: (v[i] if k in curves else v)
+                                        for k, v in fields.items()}) for i in range(n)])
 
     def describe(self, vector: np.ndarray) -> str:
         """A short label such as "Happy · strong · M003" for a (C,) vector (largest weights)."""

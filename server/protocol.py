@@ -18,8 +18,9 @@ Requests (client → worker)
                 audio: a file path; start/end: seconds into the file (the strip's trim);
                 allow_low_rate: accept audio below 16 kHz (refused by default);
                 condition: {"emotion", "intensity", "style"} (names, indices or
-                {name: weight} mixtures), or a list of C numbers, or a list of N lists of C
-                numbers (a per-frame curve, spread over the clip);
+                {name: weight} mixtures; any field may be a list of N of those: a per-frame
+                curve), or a list of C numbers, or a list of N lists of C numbers (a per-frame
+                curve, spread over the clip);
                 output: optional .npz path to write instead of sending the arrays inline
                                                     → ``progress``* then ``result`` | ``cancelled``
   ``cancel``    {id, job}     cancel the generate/load request whose id is ``job``

@@ -147,6 +147,21 @@ def test_per_frame_condition_changes_emotion_over_time(loaded):
         np.abs(take.expression[:20] - end_only_angry.expression[:20]).max()
 
 
+def test_condition_curves_by_field_match_rows(loaded):
+    """Per-frame fields (the add-on's animated emotion) give the same rows as a (N, C) array,
+    without the sender knowing the model's number of styles."""
+    space = Animator(loaded, device="cpu").space
+    fields = {"emotion": ["Neutral", {"0": 0.5, "6": 0.5}, {"Anger": 1.0}],
+              "intensity": [0, 1, 2], "style": "W029"}
+    rows = np.stack([space.vector("Neutral", 0, "W029"),
+                     space.vector({"Neutral": 0.5, "Anger": 0.5}, 1, "W029"),
+                     space.vector("Anger", 2, "W029")])
+    np.testing.assert_array_equal(space.per_frame(fields, 3), rows.astype(np.float32))
+    np.testing.assert_array_equal(space.per_frame(fields, 9), space.per_frame(rows, 9))
+    with pytest.raises(ConditionError, match="equal length"):
+        space.per_frame({"emotion": ["Happy", "Sad"], "intensity": [0, 1, 2]}, 5)
+
+
 def test_bad_conditions_are_explained(loaded):
     animator = Animator(loaded, device="cpu")
     clip = clip_from_samples(speech_like(1.0))
