@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Command line: ``python -m server generate | info | worker``."""
+"""Command line: ``python -m server generate | info | train | prepare-mead | demo | worker``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--intensity", default="2",
                      help="0|1|2 or mild|medium|strong (default: 2, strong)")
     gen.add_argument("--style", default="0",
-                     help="speaking style: index or name, e.g. M003 (default: 0)")
+                     help="speaking style: index or name, e.g. M003 for the official model "
+                          "(see info; default: 0, the first)")
     gen.add_argument("--condition", type=Path,
                      help="a .npy of shape (C,) or (N,C) used instead of "
                           "--emotion/--intensity/--style (C=43 for the official model)")
@@ -70,6 +71,20 @@ def build_parser() -> argparse.ArgumentParser:
     mead.add_argument("processed", type=Path, help="the processed/ folder")
     mead.add_argument("out", type=Path, help="the dataset folder to write")
 
+    demo = sub.add_parser("demo", help="the built-in demo: write the demo head, or retrain the "
+                                       "demo model",
+                          description="The built-in demo. 'head OUT' writes the procedural demo "
+                                      "head (FLAME layout) into OUT; 'retrain' rebuilds the "
+                                      "synthetic corpus, trains FLINT and stage 1, reports "
+                                      "held-out metrics and installs the bundle as the demo "
+                                      "model (needs espeak-ng, flite and festival).")
+    demo.add_argument("action", choices=("head", "retrain"))
+    demo.add_argument("out", type=Path, nargs="?", default=Path("out/demo-train"),
+                      help="head: folder to write; retrain: work folder (default: "
+                           "out/demo-train)")
+    demo.add_argument("--quick", action="store_true",
+                      help="retrain on a toy budget (to try the recipe; not installed)")
+
     worker = sub.add_parser("worker", help="JSON-lines worker on stdin/stdout (for the add-on)")
     worker.add_argument("--idle-timeout", type=float, default=None, metavar="SECONDS",
                         help="exit after this long without requests (default: never)")
@@ -77,9 +92,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _model_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", type=Path, required=True,
+    parser.add_argument("--model", type=Path,
                         help="official EMOTE_v2 folder (cfg.yaml + checkpoints/last.ckpt) or a "
-                             "bundle folder (config.json + model.safetensors)")
+                             "bundle folder (config.json + model.safetensors); default: the "
+                             "built-in demo model")
     parser.add_argument("--assets", type=Path,
                         help="assets root holding MotionPrior/ (default: three levels above an "
                              "official EMOTE_v2 folder)")
@@ -108,6 +124,8 @@ def main(argv: list[str] | None = None) -> int:
 
             train(args.stage, args.config)
             return 0
+        if args.command == "demo":
+            return _demo(args)
         if args.command == "info":
             return _info(args)
         return _generate(args)
@@ -126,7 +144,27 @@ def _load(args: argparse.Namespace) -> Any:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.model is None:
+        from .demo.recipe import MODEL_DIR
+
+        if not (MODEL_DIR / "config.json").is_file():
+            raise UsageError("No --model given and the built-in demo model is missing "
+                             f"({MODEL_DIR}); give --model.")
+        args.model = MODEL_DIR
     return load_model(args.model, args.assets)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    if args.action == "head":
+        from .demo.head import write_demo_head
+
+        print(f"wrote {write_demo_head(args.out)}")
+        return 0
+    from .demo.recipe import retrain
+
+    metrics = retrain(args.out, quick=args.quick, install=not args.quick)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "recipe"}, indent=1))
+    return 0
 
 
 def _info(args: argparse.Namespace) -> int:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what the tests need (.venv for the worker, one bpy venv per Blender version), then
+# Installs what the tests need (.venv for the worker, one bpy venv per Blender version, the demo
+# recipe's voices from Debian packages where it may), then
 # runs the worker tests and the add-on tests in real Blender 4.2, 4.5 and 5.0.
 # EMOTE_BLENDER_VERSIONS="50" limits the Blender versions; extra arguments go to every pytest.
 set -euo pipefail
@@ -7,6 +8,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash tools/setup.sh
 bash tools/setup_blender.sh
+bash tools/setup_voices.sh
 status=0
 run() {
     local label="$1"

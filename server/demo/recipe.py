@@ -1,0 +1,268 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The demo model's recipe: demo head → synthetic corpus → FLINT → EMOTE stage 1 → metrics.
+
+``python -m server demo retrain`` runs it all and installs the result as the built-in demo
+bundle (``server/demo/model``). Run again on the same work folder, it reuses the corpus and
+finished stages and continues an interrupted (or lengthened) stage from its last checkpoint. Stage 2 is not part of the recipe: its perceptual networks are
+trained on real faces, and a procedural head with synthetic targets gives them nothing to
+correct that the vertex loss does not already see (see README).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+MODEL_DIR = Path(__file__).resolve().parent / "model"
+SENTENCE_WAV = Path(__file__).resolve().parent / "sentence.wav"
+SENTENCE_TEXT = ("Peter's mother made a lovely apple pudding for supper, and we ate every "
+                 "bite!")
+HELD_OUT_ENGINE = "festival"
+
+# Sizes and schedules. "quick" is for tests: the same code on a toy budget.
+RECIPE: dict[str, Any] = {
+    "seed": 0,
+    "corpus": {"train": 1400, "val": 40, "test_sentences": 12},
+    "flint": {"config": {"feature_dim": 64, "latent_dim": 64, "dim_feedforward": 128,
+                         "n_heads": 4},
+              "max_steps": 3000, "batch_size": 16, "lr": 1e-3, "window": 32},
+    "stage1": {"model": {"wav2vec2": {"hidden_size": 128, "num_hidden_layers": 4,
+                                      "num_attention_heads": 4, "intermediate_size": 256,
+                                      "conv_dim": [128] * 7, "num_conv_pos_embeddings": 64,
+                                      "num_conv_pos_embedding_groups": 8,
+                                      "mask_time_prob": 0.05, "layerdrop": 0.0},
+                         "feature_dim": 64, "n_heads": 4, "dim_feedforward": 128,
+                         "dropout": 0.1},
+               "max_steps": 3500, "batch_size": 8, "lr": 5e-4, "window": 64,
+               "gradient_clip": 1.0},
+}
+QUICK = {"corpus": {"train": 12, "val": 2, "test_sentences": 2},
+         "flint": {"max_steps": 10}, "stage1": {"max_steps": 10}}
+
+
+def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(
+            out.get(key), dict) else value
+    return out
+
+
+def recipe(quick: bool = False) -> dict[str, Any]:
+    return _merge(RECIPE, QUICK) if quick else RECIPE
+
+
+def split_voices() -> tuple[list[Any], list[Any]]:
+    """(training voices, held-out voices). Festival speaks the held-out set; flite's ``slt``
+    is left out of training because festival's HTS voice was built from the same speaker."""
+    from .voices import available_engines, voices
+
+    engines = available_engines()
+    missing = {"espeak-ng", HELD_OUT_ENGINE} - engines
+    if missing:
+        raise RuntimeError(f"The demo corpus needs {', '.join(sorted(missing))} (Debian: "
+                           "apt-get install espeak-ng flite festival festvox-us-slt-hts).")
+    train = list(voices("espeak-ng"))
+    if "flite" in engines:
+        train += [v for v in voices("flite") if "slt" not in v.name]
+    held_out = voices(HELD_OUT_ENGINE)
+    preferred = [v for v in held_out if "slt" in v.name]
+    return train, (preferred or held_out)[:1]
+
+
+def _log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, Any]:
+    """Run the whole recipe in ``work``; returns the metrics. ``install`` copies the bundle and
+    its metrics into :data:`MODEL_DIR`."""
+    from ..train.run import train
+    from .corpus import build_corpus, plan
+    from .head import write_demo_head
+
+    settings = recipe(quick)
+    work = Path(work).resolve()
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    head = write_demo_head(work / "head")
+    _log(f"demo head: {head}")
+    train_voices, test_voices = split_voices()
+    _log(f"voices: {len(train_voices)} for training, held out: "
+         f"{', '.join(v.engine + ':' + v.name for v in test_voices)}")
+    corpus = work / "corpus"
+    if not (corpus / "index.json").is_file():
+        specs = plan(train_voices, test_voices, settings["corpus"]["train"],
+                     settings["corpus"]["val"], seed=settings["seed"],
+                     test_sentences=settings["corpus"]["test_sentences"])
+        build_corpus(corpus, specs, progress=lambda d, n: d % 100 == 0 and _log(
+            f"corpus {d}/{n}"))
+    _log("corpus ready")
+    flint_cfg = {"data": str(corpus), "flame": str(head), "out": str(work / "flint"),
+                 "seed": settings["seed"], "flint": settings["flint"]["config"],
+                 "accelerator": "cpu", **{k: settings["flint"][k] for k in
+                                          ("max_steps", "batch_size", "lr", "window")},
+                 "val_every": max(1, settings["flint"]["max_steps"] // 5)}
+    (work / "flint.yaml").write_text(yaml.safe_dump(flint_cfg))
+    flint_bundle = _finished(work / "flint", settings["flint"]["max_steps"])
+    if flint_bundle is None:
+        _resume_if_interrupted(flint_cfg, work / "flint")
+        (work / "flint.yaml").write_text(yaml.safe_dump(flint_cfg))
+        flint_bundle = train("flint", work / "flint.yaml")
+    else:
+        _log(f"FLINT already trained: {flint_bundle}")
+    stage1_cfg = {"data": str(corpus), "flame": str(head), "out": str(work / "stage1"),
+                  "seed": settings["seed"], "flint_bundle": str(flint_bundle),
+                  "model": settings["stage1"]["model"], "train_audio_cnn": True,
+                  "accelerator": "cpu", **{k: settings["stage1"][k] for k in
+                                           ("max_steps", "batch_size", "lr", "window",
+                                            "gradient_clip")},
+                  "val_every": max(1, settings["stage1"]["max_steps"] // 8)}
+    _resume_if_interrupted(stage1_cfg, work / "stage1")
+    (work / "stage1.yaml").write_text(yaml.safe_dump(stage1_cfg))
+    bundle = _finished(work / "stage1", settings["stage1"]["max_steps"]) or train(
+        "stage1", work / "stage1.yaml")
+    _log("evaluating on held-out speech")
+    metrics = evaluate(bundle, corpus, head)
+    metrics["training_seconds"] = round(time.perf_counter() - started, 1)
+    metrics["recipe"] = settings
+    (bundle / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    if install:
+        install_bundle(bundle)
+        write_demo_sentence()
+    return metrics
+
+
+def _finished(run: Path, steps: int) -> Path | None:
+    """The run's exported bundle when it holds exactly ``steps`` trained steps."""
+    config = run / "bundle" / "config.json"
+    if config.is_file() and json.loads(config.read_text()).get("trained_steps") == steps:
+        return run / "bundle"
+    return None
+
+
+def _resume_if_interrupted(config: dict[str, Any], run: Path) -> None:
+    """Continue an interrupted (or shorter) run from its last checkpoint."""
+    last = run / "checkpoints" / "last.ckpt"
+    if last.is_file():
+        config["resume"] = str(last)
+        _log(f"resuming {run.name} from {last}")
+
+
+def write_demo_sentence(wav: Path = SENTENCE_WAV) -> Path:
+    """The shipped demo sentence: a held-out sentence in the held-out voice (16-bit WAV), with
+    its phone timings beside it (``.json``: text, voice, phones in seconds into the file)."""
+    import soundfile
+
+    from .voices import Voice, synthesize
+
+    voice = Voice(HELD_OUT_ENGINE, "cmu_us_slt_arctic_hts")
+    utterance = synthesize(SENTENCE_TEXT, voice)
+    pad = 0.25
+    silence = np.zeros(int(pad * 16_000), np.float32)
+    audio = np.concatenate([silence, utterance.audio, silence])
+    soundfile.write(str(wav), 0.8 * audio / np.abs(audio).max(), 16_000, subtype="PCM_16")
+    phones = [(p, round(s + pad, 4), round(e + pad, 4)) for p, s, e in utterance.phones]
+    wav.with_suffix(".json").write_text(json.dumps({
+        "text": SENTENCE_TEXT, "voice": f"{voice.engine}:{voice.name}", "phones": phones}))
+    return wav
+
+
+def install_bundle(bundle: Path) -> Path:
+    """Copy a trained bundle (config, weights, metrics) into :data:`MODEL_DIR`."""
+    staging = MODEL_DIR.with_name("model.new")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(bundle, staging)
+    config = json.loads((staging / "config.json").read_text())
+    config["flint"] = "FLINT trained by the demo recipe (python -m server demo retrain)"
+    (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.rmtree(MODEL_DIR, ignore_errors=True)
+    staging.rename(MODEL_DIR)
+    _log(f"installed the demo model in {MODEL_DIR}")
+    return MODEL_DIR
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
+
+
+def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
+    """Metrics on the corpus' held-out (test) sequences, run through the inference engine:
+
+    - lip-vertex error (mean distance over the lip vertices, mm) of the model and of the mean
+      training pose, and their ratio;
+    - Pearson correlation of predicted and target jaw opening over all test frames;
+    - per emotion: mean upper-face vertex displacement from the Neutral take (mm) and the jaw
+      correlation of that emotion's takes.
+    """
+    from ..animator import Animator
+    from ..audio import clip_from_samples
+    from ..checkpoints import load_model
+    from ..flame import FlameModel, load_flame_file
+    from ..train.data import read_index
+    from .head import build_demo_head
+
+    head = build_demo_head()
+    flame = FlameModel(load_flame_file(head_file))
+    lips, upper = head.groups["lips"], head.groups["upper_face"]
+    animator = Animator(load_model(bundle), device="cpu")
+    index = read_index(corpus)
+    entries = [e for e in index["sequences"] if e["split"] == "test"]
+    train_entries = [e for e in index["sequences"] if e["split"] == "train"]
+    mean_motion = np.mean([np.concatenate([d["expression"], d["jaw"]], 1).mean(0) for d in (
+        np.load(corpus / e["file"]) for e in train_entries[:400])], axis=0)
+    emotions = list(animator.loaded.config.emotions)
+    style = entries[0]["identity"]
+    errors, baseline, jaw_pred, jaw_true = [], [], [], []
+    per_emotion: dict[str, dict[str, list]] = {e: {"disp": [], "pred": [], "true": []}
+                                               for e in emotions}
+    for entry in entries:
+        data = np.load(corpus / entry["file"])
+        clip = clip_from_samples(data["audio"], source=entry["file"])
+        target = flame.vertices(data["expression"], data["jaw"])
+        n = min(len(target), clip.frames)
+        condition = {"emotion": emotions[entry["emotion"]], "intensity": "medium",
+                     "style": style}
+        take = animator.generate(clip, condition)
+        predicted = flame.vertices(take.expression[:n], take.jaw[:n])
+        errors.append(np.linalg.norm(predicted[:, lips] - target[:n, lips], axis=-1).mean())
+        mean_vertices = flame.vertices(np.repeat(mean_motion[None, :100], n, 0),
+                                       np.repeat(mean_motion[None, 100:], n, 0))
+        baseline.append(np.linalg.norm(mean_vertices[:, lips] - target[:n, lips],
+                                       axis=-1).mean())
+        jaw_pred.append(take.jaw[:n, 0])
+        jaw_true.append(data["jaw"][:n, 0])
+        neutral = None
+        for emotion in emotions:
+            take_e = animator.generate(clip, {"emotion": emotion, "intensity": "strong",
+                                              "style": style})
+            vertices = flame.vertices(take_e.expression[:n], take_e.jaw[:n])
+            if emotion == emotions[0]:
+                neutral = vertices
+            per_emotion[emotion]["disp"].append(
+                np.linalg.norm(vertices[:, upper] - neutral[:, upper], axis=-1).mean())
+            per_emotion[emotion]["pred"].append(take_e.jaw[:n, 0])
+            per_emotion[emotion]["true"].append(data["jaw"][:n, 0])
+    lip_error = float(np.mean(errors)) * 1000
+    mean_error = float(np.mean(baseline)) * 1000
+    return {
+        "held_out_sequences": len(entries),
+        "held_out_voice": entries[0].get("voice", ""),
+        "lip_vertex_error_mm": round(lip_error, 3),
+        "mean_pose_lip_error_mm": round(mean_error, 3),
+        "lip_error_ratio": round(lip_error / mean_error, 3),
+        "jaw_opening_correlation": round(_pearson(np.concatenate(jaw_pred),
+                                                  np.concatenate(jaw_true)), 3),
+        "per_emotion_strong": {
+            e: {"upper_face_displacement_mm": round(float(np.mean(v["disp"])) * 1000, 3),
+                "jaw_opening_correlation": round(_pearson(np.concatenate(v["pred"]),
+                                                          np.concatenate(v["true"])), 3)}
+            for e, v in per_emotion.items()},
+    }

@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The offline voices the demo recipe speaks with (Debian packages): espeak-ng, flite and
+# festival with its US "slt" HTS voice, plus sox. Installs them when missing and this shell may
+# (root with apt-get); otherwise says what to install. Tests that need them skip without them.
+set -uo pipefail
+packages="espeak-ng libespeak-ng1 flite festival festvox-us-slt-hts festvox-kallpc16k sox"
+if command -v espeak-ng >/dev/null && command -v flite >/dev/null \
+        && command -v festival >/dev/null && command -v sox >/dev/null; then
+    exit 0
+fi
+if command -v apt-get >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $packages \
+        >/dev/null && exit 0
+fi
+echo "note: the demo recipe's voices are not installed (apt-get install $packages);" \
+     "the tests that need them will be skipped" >&2
+exit 0
