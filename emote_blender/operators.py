@@ -16,7 +16,7 @@ import numpy as np
 from bpy.props import BoolProperty, IntProperty, StringProperty
 
 from . import compat, keys, motion, properties, rig, strips
-from .preferences import ADDON_ROOT, check_python, preferences
+from .preferences import ADDON_ROOT, DEMO_MODEL, check_python, preferences
 from .server import protocol
 from .worker import Job, WorkerClient, WorkerError
 
@@ -55,6 +55,11 @@ def stop_worker() -> None:
 
 def model_request(context: Any) -> dict[str, Any]:
     prefs = preferences(context)
+    if prefs.model_kind == "DEMO":
+        if not (DEMO_MODEL / "config.json").is_file():
+            raise ValueError(f"The built-in demo model is missing from this install "
+                             f"({DEMO_MODEL}); choose a model in the add-on preferences.")
+        return {"model": str(DEMO_MODEL), "assets": None, "device": prefs.device}
     model = bpy.path.abspath(prefs.model_path).rstrip("/\\") if prefs.model_path else ""
     if not model:
         raise ValueError("No model is set: choose the EMOTE_v2 folder or a bundle in the "
@@ -87,10 +92,11 @@ def static_condition(settings: Any) -> dict[str, Any]:
             "style": int(settings.style or 0)}
 
 
-def animated_condition(scene: Any, request: strips.AudioRequest) -> list[list[float]]:
-    """(T, C) rows at 25 fps: the scene's emotion settings evaluated at each output frame."""
+def animated_condition(scene: Any, request: strips.AudioRequest) -> dict[str, Any]:
+    """Per-frame curves at 25 fps: the scene's emotion settings evaluated at each output frame
+    (emotion mixtures and intensities; the style is fixed). The worker turns them into the
+    model's condition rows, whatever its number of styles."""
     settings = scene.emote
-    n_emotions, n_styles = len(properties.EMOTIONS), len(properties.MODEL_INFO["styles"])
     frames = max(1, int((request.end - request.start) * motion.TAKE_FPS))
     times = request.start + np.arange(frames) / motion.TAKE_FPS
     scene_frames = request.strip_start + (times + request.sound_offset) * request.fps
@@ -105,19 +111,17 @@ def animated_condition(scene: Any, request: strips.AudioRequest) -> list[list[fl
         curve = curves.get(name)
         return float(curve.evaluate(frame)) if curve is not None else default
 
-    rows = []
+    emotions, intensities = [], []
     for frame in scene_frames:
-        row = np.zeros(n_emotions + 3 + n_styles)
         emotion = int(round(value("emotion", frame, int(settings.emotion))))
         second = int(round(value("second_emotion", frame, int(settings.second_emotion))))
         mix = float(np.clip(value("mix", frame, settings.mix), 0.0, 1.0)) if second >= 0 else 0.0
-        row[emotion] += 1.0 - mix
+        mixture = {str(emotion): 1.0 - mix}
         if second >= 0:
-            row[second] += mix
-        row[n_emotions + int(round(value("intensity", frame, int(settings.intensity))))] = 1.0
-        row[n_emotions + 3 + int(settings.style or 0)] = 1.0
-        rows.append(row.tolist())
-    return rows
+            mixture[str(second)] = mixture.get(str(second), 0.0) + mix
+        emotions.append(mixture)
+        intensities.append(int(round(value("intensity", frame, int(settings.intensity)))))
+    return {"emotion": emotions, "intensity": intensities, "style": int(settings.style or 0)}
 
 
 # -- generation --------------------------------------------------------------------------------
@@ -129,7 +133,7 @@ class PendingGeneration:
     load_key: tuple
     mesh_name: str
     audio: strips.AudioRequest
-    label: str
+    label_parts: tuple[str, str, int]  # emotion text, intensity, style index
     condition: Any
     scene_name: str
     notes: list[str] = field(default_factory=list)
@@ -161,18 +165,19 @@ def start_generation(context: Any) -> PendingGeneration:
         load_job = worker.send(protocol.LOAD, timeout=GENERATE_TIMEOUT, **request)
     condition: Any = animated_condition(scene, audio) if settings.animated else \
         static_condition(settings)
-    label = _label(settings)
+    label_parts = _label_parts(settings)
     job = worker.send(protocol.GENERATE, timeout=GENERATE_TIMEOUT, audio=audio.path,
                       start=audio.start, end=audio.end, condition=condition)
     _pending = PendingGeneration(job=job, load_job=load_job, load_key=key, mesh_name=mesh.name,
                                  audio=audio,
-                                 label=label, condition=condition, scene_name=scene.name,
+                                 label_parts=label_parts, condition=condition,
+                                 scene_name=scene.name,
                                  notes=list(target.notes))
     settings.running, settings.progress, settings.status = True, 0.0, "Generating…"
     return _pending
 
 
-def _label(settings: Any) -> str:
+def _label_parts(settings: Any) -> tuple[str, str, int]:
     emotion = properties.EMOTIONS[int(settings.emotion)]
     second = int(settings.second_emotion)
     if second >= 0 and settings.mix > 0:
@@ -180,9 +185,16 @@ def _label(settings: Any) -> str:
     if settings.animated:
         emotion = "Animated"
     intensity = properties.INTENSITIES[int(settings.intensity)][1].lower()
+    return emotion, intensity, int(settings.style or 0)
+
+
+def take_label(parts: tuple[str, str, int]) -> str:
+    """"Happy · strong · M003", with the style named by the model that made the take (known
+    once the worker has loaded it)."""
+    emotion, intensity, style = parts
     styles = properties.MODEL_INFO["styles"]
-    style = styles[int(settings.style or 0)] if styles else ""
-    return f"{emotion} · {intensity} · {style}"
+    name = styles[style] if 0 <= style < len(styles) else f"style {style}"
+    return f"{emotion} · {intensity} · {name}"
 
 
 def poll_generation() -> tuple[str, str] | None:
@@ -255,7 +267,8 @@ def apply_result(pending: PendingGeneration, reply: dict[str, Any]) -> str:
     created: list[Any] = []
     try:
         keys.remember_original_actions(mesh, target)
-        shape_action, armature_action = keys.new_take_actions(target, pending.label)
+        label = take_label(pending.label_parts)
+        shape_action, armature_action = keys.new_take_actions(target, label)
         created = [a for a in (shape_action, armature_action) if a is not None]
         keys.store_raw(shape_action, expression, jaw, placement)
         shape_action["emote_cached"] = int(bool(reply.get("cached")))
@@ -265,13 +278,13 @@ def apply_result(pending: PendingGeneration, reply: dict[str, Any]) -> str:
                                       frame_info[:2])
         notes = keys.write_channels(target, channels, shape_action, armature_action)
         take = mesh.emote_takes.add()
-        take.name = f"{pending.label} #{len(mesh.emote_takes)}"
-        take.label = pending.label
+        take.name = f"{label} #{len(mesh.emote_takes)}"
+        take.label = label
         take.shape_action = shape_action
         take.armature_action = armature_action
         take.strip_name = audio.strip_name
-        take.condition = json.dumps(pending.condition if isinstance(pending.condition, dict)
-                                    else "per-frame")
+        per_frame = any(isinstance(v, list) for v in pending.condition.values())
+        take.condition = json.dumps("per-frame" if per_frame else pending.condition)
         keys.activate_take(target, take)
         with takes_switched_by_code(mesh):
             mesh.emote_active_take = len(mesh.emote_takes) - 1
@@ -467,7 +480,7 @@ class EMOTE_OT_take_delete(bpy.types.Operator):
 
 
 class EMOTE_OT_create_flame_head(bpy.types.Operator):
-    """Create a FLAME head (mesh, Exp/Pose shape keys, armature) from your FLAME file"""
+    """Create a FLAME head (mesh, Exp/Pose shape keys, armature) from your FLAME file, or the built-in demo head when no file is set"""  # noqa: E501
 
     bl_idname = "emote.create_flame_head"
     bl_label = "Create FLAME Head"
@@ -479,16 +492,18 @@ class EMOTE_OT_create_flame_head(bpy.types.Operator):
         from .server.flame import load_flame_file
 
         path = self.filepath or preferences(context).flame_path
-        if not path:
-            self.report({"ERROR"}, "Choose your FLAME model file (preferences or the file "
-                                   "browser).")
-            return {"CANCELLED"}
-        try:
-            flame = load_flame_file(bpy.path.abspath(path))
-        except ValueError as exc:
-            self.report({"ERROR"}, str(exc))
-            return {"CANCELLED"}
-        mesh, armature = rig.create_flame_head(context, flame)
+        if path:
+            try:
+                flame = load_flame_file(bpy.path.abspath(path))
+            except ValueError as exc:
+                self.report({"ERROR"}, str(exc))
+                return {"CANCELLED"}
+            name = "FLAME"
+        else:  # no FLAME file: the built-in procedural demo head
+            from .server.demo.head import build_demo_head
+
+            flame, name = build_demo_head().flame, "FLAME-demo"
+        mesh, armature = rig.create_flame_head(context, flame, name=name)
         for obj in context.selected_objects:
             obj.select_set(False)
         mesh.select_set(True)
@@ -496,13 +511,6 @@ class EMOTE_OT_create_flame_head(bpy.types.Operator):
         self.report({"INFO"}, f"Created '{mesh.name}' with {flame.n_expression} expression "
                               "keys.")
         return {"FINISHED"}
-
-    def invoke(self, context: Any, event: Any) -> set[str]:
-        if not self.filepath and not preferences(context).flame_path:
-            context.window_manager.fileselect_add(self)
-            return {"RUNNING_MODAL"}
-        return self.execute(context)
-
 
 class EMOTE_OT_check_worker(bpy.types.Operator):
     """Check that the worker Python has torch (and CUDA)"""

@@ -12,6 +12,7 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 ADDON_ROOT = Path(__file__).resolve().parent
+DEMO_MODEL = ADDON_ROOT / "server" / "demo" / "model"
 
 
 def default_python() -> str:
@@ -39,9 +40,11 @@ class EmotePreferences(bpy.types.AddonPreferences):
         name="Worker Python", subtype="FILE_PATH", default=default_python(),
         description="Python interpreter with torch that runs the inference worker")
     model_kind: EnumProperty(name="Model", items=[
+        ("DEMO", "Built-in Demo", "The small demo model trained on synthetic speech for the "
+                                  "demo head (ships with the add-on)"),
         ("OFFICIAL", "Official EMOTE v2", "The EMOTE_v2 folder of the official release"),
         ("BUNDLE", "Bundle", "A model bundle (config.json + model.safetensors)")],
-        default="OFFICIAL")
+        default="DEMO")
     model_path: StringProperty(
         name="Model Folder", subtype="DIR_PATH",
         description="EMOTE_v2 folder (official) or bundle folder")
@@ -50,7 +53,8 @@ class EmotePreferences(bpy.types.AddonPreferences):
         description="Folder holding MotionPrior/ (default: three levels above EMOTE_v2)")
     flame_path: StringProperty(
         name="FLAME File", subtype="FILE_PATH",
-        description="Your FLAME model file (generic_model.pkl / flame2023.pkl)")
+        description="Your FLAME model file (generic_model.pkl / flame2023.pkl); empty: the "
+                    "built-in demo head")
     device: EnumProperty(name="Device", items=[
         ("auto", "Auto", "CUDA when available, else CPU"), ("cpu", "CPU", "Always the CPU"),
         ("cuda", "CUDA", "An NVIDIA GPU")], default="auto")
@@ -64,10 +68,14 @@ class EmotePreferences(bpy.types.AddonPreferences):
         row.prop(self, "python")
         row.operator("emote.check_worker", text="Check", icon="CHECKMARK")
         layout.prop(self, "model_kind")
-        layout.prop(self, "model_path")
+        if self.model_kind != "DEMO":
+            layout.prop(self, "model_path")
         if self.model_kind == "OFFICIAL":
             layout.prop(self, "assets_path")
         layout.prop(self, "flame_path")
+        if not self.flame_path:
+            layout.label(text="No FLAME file: Create FLAME Head makes the built-in demo head.",
+                         icon="INFO")
         layout.prop(self, "device")
         layout.prop(self, "idle_minutes")
 

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import zipfile
 from pathlib import Path
 
 import pytest
@@ -44,19 +43,10 @@ atexit.register(_disable)
 
 
 def install_extension() -> Path:
-    build = subprocess.run([sys.executable, str(ROOT / "tools" / "build_extension.py"),
-                            str(_USER / "dist")], capture_output=True, text=True, check=True)
-    archive = Path(build.stdout.strip().splitlines()[-1])
-    repo_dir = _USER / "repo"
-    target = repo_dir / "emote_lipsync"
-    with zipfile.ZipFile(archive) as zf:
-        zf.extractall(target)
-    repos = bpy.context.preferences.extensions.repos
-    if REPO not in [r.module for r in repos]:
-        repo = repos.new(name=REPO, module=REPO, custom_directory=str(repo_dir),
-                         source="USER")
-        repo.enabled = True
-    return archive
+    sys.path.insert(0, str(ROOT / "tools"))
+    from extension_install import install_extension as install
+
+    return install(_USER, REPO)
 
 
 @pytest.fixture(scope="session")

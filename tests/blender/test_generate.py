@@ -244,9 +244,11 @@ def test_animated_emotion_sends_a_per_frame_condition(clean, addon, fixtures, tm
     operators = addon.operators
     strips = addon.strips
     audio = strips.audio_request(scene, strips.find_sound_strip(bpy.context))
-    rows = np.asarray(operators.animated_condition(scene, audio))
-    assert rows[0, 0] == pytest.approx(1.0) and rows[-1, 6] > 0.9
-    assert 0.3 < rows[len(rows) // 2, 6] < 0.7
+    condition = operators.animated_condition(scene, audio)
+    emotions = condition["emotion"]
+    assert emotions[0]["0"] == pytest.approx(1.0) and emotions[-1]["6"] > 0.9
+    assert 0.3 < emotions[len(emotions) // 2]["6"] < 0.7
+    assert len(condition["intensity"]) == len(emotions) and condition["style"] == 0
     assert generate() == {"FINISHED"}
     assert mesh.emote_takes[0].label.startswith("Animated")
 
@@ -261,3 +263,28 @@ def test_packed_sound_generates_like_the_file(clean, addon, fixtures, tmp_path):
                          / 25)
     np.testing.assert_allclose(raw, reference["expression"], atol=1e-5)
     assert sound.packed_file is not None  # still packed: the user's file was not unpacked
+
+
+def test_defaults_use_the_built_in_demo_head_and_model(clean, addon, tmp_path):
+    """A fresh install: no FLAME file and no model chosen → Create FLAME Head makes the demo
+    head and Generate uses the built-in demo model; the demo sentence moves the jaw."""
+    prefs = bpy.context.preferences.addons[addon.__name__].preferences
+    saved = prefs.model_kind, prefs.flame_path
+    prefs.property_unset("model_kind")
+    prefs.flame_path = ""
+    try:
+        assert prefs.model_kind == "DEMO"
+        strip = add_strip(bpy.context.scene, ROOT / "server" / "demo" / "sentence.wav",
+                          start=1, trim=0, tmp=tmp_path)
+        assert bpy.ops.emote.create_flame_head() == {"FINISHED"}
+        mesh = bpy.context.view_layer.objects.active
+        assert mesh.name.startswith("FLAME-demo")
+        assert mesh.data.shape_keys.key_blocks.get("Exp100") is not None
+        assert generate(emotion="2", intensity="0") == {"FINISHED"}
+        take = mesh.emote_takes[0]
+        assert take.label == "Sad · mild · moderate-neutral-brisk"
+        path = 'pose.bones["jaw"].rotation_axis_angle'
+        frames, angle = fcurve_values(take.armature_action, mesh.parent, path, 0)
+        assert frames[0] == strip.frame_final_start and np.ptp(angle) > 0.05  # radians
+    finally:
+        prefs.model_kind, prefs.flame_path = saved
