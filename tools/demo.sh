@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# The demo: sets up .venv, then runs the whole inference pipeline from the command line.
-# Until the trained built-in demo model exists, it uses a small random-weight model: every step
-# runs for real (audio decoding, wav2vec2, the regressor, FLINT, FLAME), the motion is noise.
+# The demo: sets up the worker venv (.venv) and a Blender 5.0 venv (.venv-bpy50, PyPI bpy),
+# then, in headless Blender, animates the built-in demo head with the built-in demo model:
+# two takes of the shipped sentence, one baked, demo.blend, preview videos, stills and a plot
+# in out/demo/ (or the folder given as the first argument).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
+out="$(realpath -m "${1:-out/demo}")"
 bash tools/setup.sh
-.venv/bin/python tools/tiny_demo.py "$@"
+EMOTE_BLENDER_VERSIONS=50 bash tools/setup_blender.sh
+.venv-bpy50/bin/python tools/demo_blender.py "$out"
+.venv/bin/python tools/demo_plot.py "$out/takes.npz" "$out/curves.png" >/dev/null
+echo
+echo "The demo wrote:"
+echo "  $out/demo.blend              the head with both takes (Happy baked to the NLA)"
+echo "  $out/preview_happy.mp4       preview video with the sentence (Happy, strong)"
+echo "  $out/preview_sad.mp4         preview video with the sentence (Sad, mild)"
+echo "  $out/still_closed.png, $out/still_open.png   a closed mouth and an open vowel"
+echo "  $out/curves.png              jaw opening and expression curves of both takes"

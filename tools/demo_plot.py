@@ -1,0 +1,52 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Plot the demo's takes: ``python tools/demo_plot.py TAKES.npz OUT.png``.
+
+One panel for the jaw opening (degrees) and one per named expression component shown, each with
+both takes, against time at 25 fps.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from server.demo.head import EXPRESSIONS  # noqa: E402
+
+SHOWN = ("lip rounding", "lip press", "mouth corners up", "mouth corners down",
+         "brow inner up", "cheek raise")
+
+
+def plot(takes: Path, out: Path) -> Path:
+    data = np.load(takes)
+    emotions = list(dict.fromkeys(k.split("_")[0] for k in data.files))  # in take order
+    figure, axes = plt.subplots(len(SHOWN) + 1, 1, figsize=(9, 11), sharex=True)
+    for emotion in emotions:
+        jaw = data[f"{emotion}_jaw"]
+        expression = data[f"{emotion}_expression"]
+        label = str(data[f"{emotion}_name"])
+        t = np.arange(len(jaw)) / 25
+        axes[0].plot(t, np.degrees(jaw[:, 0]), label=label)
+        for axis, name in zip(axes[1:], SHOWN, strict=True):
+            axis.plot(t, expression[:, EXPRESSIONS.index(name)], label=label)
+    axes[0].set_ylabel("jaw opening (°)")
+    axes[0].legend(loc="upper right")
+    for axis, name in zip(axes[1:], SHOWN, strict=True):
+        axis.set_ylabel(name, rotation=0, ha="right", va="center")
+        axis.axhline(0, color="grey", linewidth=0.5)
+    axes[-1].set_xlabel("seconds")
+    figure.suptitle("Demo takes: jaw opening and expression components")
+    figure.tight_layout()
+    figure.savefig(out, dpi=100)
+    return out
+
+
+if __name__ == "__main__":
+    print(plot(Path(sys.argv[1]), Path(sys.argv[2])))
