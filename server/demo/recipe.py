@@ -3,9 +3,11 @@
 
 ``python -m server demo retrain`` runs it all and installs the result as the built-in demo
 bundle (``server/demo/model``). Run again on the same work folder, it reuses the corpus and
-finished stages and continues an interrupted (or lengthened) stage from its last checkpoint. Stage 2 is not part of the recipe: its perceptual networks are
-trained on real faces, and a procedural head with synthetic targets gives them nothing to
-correct that the vertex loss does not already see (see README).
+finished stages and continues an interrupted (or lengthened) stage from its last checkpoint.
+
+Stage 2 is not part of the recipe: its perceptual networks are trained on real faces, and a
+procedural head with synthetic targets gives them nothing to correct that the vertex loss does
+not already see (see README).
 """
 
 from __future__ import annotations
@@ -66,7 +68,7 @@ def split_voices() -> tuple[list[Any], list[Any]]:
     engines = available_engines()
     missing = {"espeak-ng", HELD_OUT_ENGINE} - engines
     if missing:
-        raise RuntimeError(f"The demo corpus needs {', '.join(sorted(missing))} (Debian: "
+        raise ValueError(f"The demo corpus needs {', '.join(sorted(missing))} (Debian: "
                            "apt-get install espeak-ng flite festival festvox-us-slt-hts).")
     train = list(voices("espeak-ng"))
     if "flite" in engines:
