@@ -5,6 +5,9 @@ out as our bundles or exactly like the official EMOTE v2 release."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +20,16 @@ from server.flame import FlameData, write_flame_file
 from server.models.emote import EmoteConfig, EmoteModel
 from server.models.flint import FlintConfig
 from server.safe_pickle import ForeignClass, ForeignObject, foreign_pickle_module
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_server(*args, cwd: Path | None = None, timeout: float = 300
+               ) -> subprocess.CompletedProcess:
+    """``python -m server ARGS`` as a user runs it: a real subprocess, offline, output captured."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "server", *map(str, args)], cwd=cwd or ROOT,
+                          env=env, capture_output=True, text=True, timeout=timeout)
 
 TINY_WAV2VEC2 = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,

@@ -3,22 +3,13 @@
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import soundfile
 
-from tests.builders import write_official_release, write_wav
+from tests.builders import run_server, write_official_release, write_wav
 
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def run(*args, cwd=None):
-    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    return subprocess.run([sys.executable, "-m", "server", *map(str, args)], cwd=cwd or ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+run = run_server
 
 
 def test_help_lists_the_commands():

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,6 +16,7 @@ from server.demo import corpus
 from server.demo.head import EXPRESSIONS, MOUTH_Y, build_demo_head, write_demo_head
 from server.flame import FlameModel, load_flame_file
 from server.train.geometry import FlameVertices, masked_vertex_mse
+from tests.builders import run_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -186,9 +185,8 @@ def test_the_built_in_demo_model_follows_held_out_speech():
 
 def test_generate_without_model_uses_the_demo_model(tmp_path):
     out = tmp_path / "take.npz"
-    result = subprocess.run([sys.executable, "-m", "server", "generate",
-                             str(ROOT / "server" / "demo" / "sentence.wav"), "--emotion", "Sad",
-                             "-o", str(out)], cwd=ROOT, capture_output=True, text=True)
+    result = run_server("generate", ROOT / "server" / "demo" / "sentence.wav", "--emotion", "Sad",
+                        "-o", out)
     assert result.returncode == 0, result.stderr
     assert "Sad · strong · moderate-neutral-brisk" in result.stdout
     assert np.load(out)["expression"].shape[1] == 100
@@ -203,9 +201,7 @@ needs_voices = pytest.mark.skipif(
 @needs_voices
 def test_the_recipe_runs_from_one_command(tmp_path):
     """``python -m server demo retrain --quick``: head, corpus, FLINT, stage 1, metrics."""
-    result = subprocess.run([sys.executable, "-m", "server", "demo", "retrain",
-                             str(tmp_path / "work"), "--quick"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=600)
+    result = run_server("demo", "retrain", tmp_path / "work", "--quick", timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout[result.stdout.rindex("\n{") + 1:])
     assert metrics["held_out_sequences"] == 2

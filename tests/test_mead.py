@@ -1,10 +1,7 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """The processed-MEAD converter on a small tree laid out as the public sources describe."""
 
-import os
 import pickle
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,9 +10,7 @@ import pytest
 h5py = pytest.importorskip("h5py")
 
 from server.train.data import SequenceWindows, read_index  # noqa: E402
-from tests.builders import write_wav  # noqa: E402
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.builders import run_server, write_wav  # noqa: E402
 
 
 def processed_tree(root: Path) -> Path:
@@ -54,10 +49,7 @@ def _mkdir(path: Path) -> Path:
 
 def test_converts_to_the_training_format(tmp_path):
     processed = processed_tree(tmp_path)
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    result = subprocess.run([sys.executable, "-m", "server", "prepare-mead", str(processed),
-                             str(tmp_path / "dataset")], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = run_server("prepare-mead", processed, tmp_path / "dataset")
     assert result.returncode == 0, result.stderr
     assert "wrote 10 sequences" in result.stdout
     index = read_index(tmp_path / "dataset")

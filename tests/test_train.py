@@ -1,10 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Training on a tiny synthetic dataset: losses fall, stage rules hold, bundles load."""
 
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,9 +14,13 @@ from server.models.flint import Flint, FlintConfig  # noqa: E402
 from server.train.data import SequenceWindows  # noqa: E402
 from server.train.geometry import FlameVertices  # noqa: E402
 from server.train.modules import EmoteStage1, FlintModule  # noqa: E402
-from tests.builders import tiny_config, write_synthetic_flame, write_training_dataset  # noqa: E402
+from tests.builders import (  # noqa: E402
+    run_server,
+    tiny_config,
+    write_synthetic_flame,
+    write_training_dataset,
+)
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_FLINT = FlintConfig(feature_dim=16, latent_dim=16, dim_feedforward=24)
 
 
@@ -95,16 +95,13 @@ def test_stage1_rules_and_loss(dataset):
 
 
 def test_cli_trains_and_exports_bundles_generate_accepts(dataset, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     flint_cfg = tmp_path / "flint.yaml"
     flint_cfg.write_text(yaml.safe_dump({
         "data": str(dataset / "data"), "flame": str(dataset / "flame.pkl"),
         "out": str(tmp_path / "flint"), "flint": {"feature_dim": 16, "latent_dim": 16,
                                                    "dim_feedforward": 24},
         "batch_size": 4, "max_steps": 4, "val_every": 2, "accelerator": "cpu"}))
-    result = subprocess.run([sys.executable, "-m", "server", "train", "flint", "--config",
-                             str(flint_cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = run_server("train", "flint", "--config", flint_cfg, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (tmp_path / "flint" / "bundle" / "model.safetensors").is_file()
     assert (tmp_path / "flint" / "checkpoints" / "last.ckpt").is_file()
@@ -115,25 +112,20 @@ def test_cli_trains_and_exports_bundles_generate_accepts(dataset, tmp_path):
         "out": str(tmp_path / "stage1"), "flint_bundle": str(tmp_path / "flint" / "bundle"),
         "model": {"wav2vec2": tiny_config().wav2vec2, "feature_dim": 16, "dim_feedforward": 32},
         "batch_size": 2, "max_steps": 3, "accelerator": "cpu"}))
-    result = subprocess.run([sys.executable, "-m", "server", "train", "stage1", "--config",
-                             str(stage1_cfg)], cwd=ROOT, env=env, capture_output=True,
-                            text=True, timeout=600)
+    result = run_server("train", "stage1", "--config", stage1_cfg, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     import soundfile
 
     soundfile.write(str(tmp_path / "seq00.wav"), np.load(dataset / "data" / "seq00.npz")["audio"],
                     16_000)
     out = tmp_path / "take.npz"
-    gen = subprocess.run([sys.executable, "-m", "server", "generate", str(tmp_path / "seq00.wav"),
-                          "--model", str(tmp_path / "stage1" / "bundle"), "--style", "W009",
-                          "-o", str(out)], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    gen = run_server("generate", tmp_path / "seq00.wav", "--model", tmp_path / "stage1" / "bundle",
+                     "--style", "W009", "-o", out)
     assert gen.returncode == 0, gen.stderr
     assert np.load(out)["expression"].shape == (75, 100)
 
 
 def test_ddp_on_cpu_with_two_processes(dataset, tmp_path):
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump({
         "data": str(dataset / "data"), "flame": str(dataset / "flame.pkl"),
@@ -141,9 +133,7 @@ def test_ddp_on_cpu_with_two_processes(dataset, tmp_path):
                                                  "dim_feedforward": 24},
         "batch_size": 2, "max_steps": 3, "accelerator": "cpu", "devices": 2,
         "strategy": "ddp"}))
-    result = subprocess.run([sys.executable, "-m", "server", "train", "flint", "--config",
-                             str(config)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=600)
+    result = run_server("train", "flint", "--config", config, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "world_size: 2" in result.stderr or "MEMBER: 2/2" in result.stderr
     assert (tmp_path / "ddp" / "bundle" / "model.safetensors").is_file()
@@ -184,10 +174,7 @@ def test_cli_stage2_from_stage1_with_released_weight_layouts(dataset, tmp_path):
         "lip_reader": str(tmp_path / "model.pth"), "emotion_cnn": str(tmp_path / "emotion.ckpt"),
         "video_emotion": str(tmp_path / "video.ckpt"), "window": 8, "batch_size": 2,
         "max_steps": 1, "accelerator": "cpu"}))
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    result = subprocess.run([sys.executable, "-m", "server", "train", "stage2", "--config",
-                             str(cfg)], cwd=ROOT, env=env, capture_output=True, text=True,
-                            timeout=900)
+    result = run_server("train", "stage2", "--config", cfg, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = next((tmp_path / "run" / "logs").rglob("metrics.csv")).read_text()
     for column in ("train/lip_exchanged", "train/emotion_exchanged", "train/vertex"):

@@ -22,6 +22,14 @@ def scene_state(mesh=None):
             mesh.data.shape_keys.animation_data else None)
 
 
+def assert_refused_unchanged(mesh, match):
+    """Generate fails with a message matching ``match`` and the scene is as it was."""
+    before = scene_state(mesh)
+    with pytest.raises(RuntimeError, match=match):
+        bpy.ops.emote.generate(wait=True)
+    assert scene_state(mesh) == before
+
+
 def test_zip_validates_and_installs(addon):
     scripts = bpy.utils.system_resource("SCRIPTS")
     tool = os.path.join(scripts, "addons_core", "bl_pkg", "cli", "blender_ext.py")
@@ -72,19 +80,13 @@ def test_no_strip_selected(clean, addon, fixtures, tmp_path):
     strip.select = False
     editor = scene.sequence_editor
     editor.active_strip = None
-    before = scene_state(mesh)
-    with pytest.raises(RuntimeError, match="No sound strip is selected"):
-        bpy.ops.emote.generate(wait=True)
-    assert scene_state(mesh) == before
+    assert_refused_unchanged(mesh, "No sound strip is selected")
 
 
 def test_strip_with_missing_file(clean, addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
     strip.sound.filepath = str(tmp_path / "moved_away.wav")
-    before = scene_state(mesh)
-    with pytest.raises(RuntimeError, match="sound file of strip 'dialogue' is missing"):
-        bpy.ops.emote.generate(wait=True)
-    assert scene_state(mesh) == before
+    assert_refused_unchanged(mesh, "sound file of strip 'dialogue' is missing")
 
 
 def test_rig_without_expression_keys(clean, addon, fixtures, tmp_path):
@@ -121,10 +123,7 @@ def test_worker_python_without_torch(clean, addon, fixtures, tmp_path):
     good = prefs.python
     prefs.python = sys.executable  # Blender's venv: no torch
     try:
-        before = scene_state(mesh)
-        with pytest.raises(RuntimeError, match="has no torch installed"):
-            bpy.ops.emote.generate(wait=True)
-        assert scene_state(mesh) == before
+        assert_refused_unchanged(mesh, "has no torch installed")
         check = addon.preferences.check_python(sys.executable)
         assert check.startswith("Not usable") and "No module named 'torch'" in check
     finally:
