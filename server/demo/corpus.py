@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -177,8 +177,8 @@ def motion_for(utterance: Utterance, frames: int, emotion: str, intensity: int, 
     audio."""
     phones = [(p, s + offset, e + offset) for p, s, e in utterance.phones]
     overlay, scale, rest_jaw = emotion_overlay(emotion, intensity, frames, rng)
-    opening, lips = articulation(phones, frames, Style(style.name, style.amplitude * scale,
-                                                       style.smile, style.tempo))
+    opening, lips = articulation(phones, frames,
+                                 replace(style, amplitude=style.amplitude * scale))
     expression = lips + overlay
     expression[:, _column("mouth corners up")] += style.smile
     jaw = np.zeros((frames, 3))

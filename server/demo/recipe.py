@@ -85,7 +85,6 @@ def _log(message: str) -> None:
 def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, Any]:
     """Run the whole recipe in ``work``; returns the metrics. ``install`` copies the bundle and
     its metrics into :data:`MODEL_DIR`."""
-    from ..train.run import train
     from .corpus import build_corpus, plan
     from .head import write_demo_head
 
@@ -111,14 +110,7 @@ def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, 
                  "accelerator": "cpu", **{k: settings["flint"][k] for k in
                                           ("max_steps", "batch_size", "lr", "window")},
                  "val_every": max(1, settings["flint"]["max_steps"] // 5)}
-    (work / "flint.yaml").write_text(yaml.safe_dump(flint_cfg))
-    flint_bundle = _finished(work / "flint", settings["flint"]["max_steps"])
-    if flint_bundle is None:
-        _resume_if_interrupted(flint_cfg, work / "flint")
-        (work / "flint.yaml").write_text(yaml.safe_dump(flint_cfg))
-        flint_bundle = train("flint", work / "flint.yaml")
-    else:
-        _log(f"FLINT already trained: {flint_bundle}")
+    flint_bundle = _train_stage("flint", flint_cfg, work, settings["flint"]["max_steps"])
     stage1_cfg = {"data": str(corpus), "flame": str(head), "out": str(work / "stage1"),
                   "seed": settings["seed"], "flint_bundle": str(flint_bundle),
                   "model": settings["stage1"]["model"], "train_audio_cnn": True,
@@ -126,10 +118,7 @@ def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, 
                                            ("max_steps", "batch_size", "lr", "window",
                                             "gradient_clip")},
                   "val_every": max(1, settings["stage1"]["max_steps"] // 8)}
-    _resume_if_interrupted(stage1_cfg, work / "stage1")
-    (work / "stage1.yaml").write_text(yaml.safe_dump(stage1_cfg))
-    bundle = _finished(work / "stage1", settings["stage1"]["max_steps"]) or train(
-        "stage1", work / "stage1.yaml")
+    bundle = _train_stage("stage1", stage1_cfg, work, settings["stage1"]["max_steps"])
     _log("evaluating on held-out speech")
     metrics = evaluate(bundle, corpus, head)
     metrics["training_seconds"] = round(time.perf_counter() - started, 1)
@@ -141,20 +130,25 @@ def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, 
     return metrics
 
 
-def _finished(run: Path, steps: int) -> Path | None:
-    """The run's exported bundle when it holds exactly ``steps`` trained steps."""
-    config = run / "bundle" / "config.json"
-    if config.is_file() and json.loads(config.read_text()).get("trained_steps") == steps:
-        return run / "bundle"
-    return None
+def _train_stage(stage: str, config: dict[str, Any], work: Path, steps: int) -> Path:
+    """The stage's bundle: reused when ``work/<stage>`` already holds one trained for exactly
+    ``steps`` steps; otherwise trained, continuing from the last checkpoint of an interrupted
+    (or shorter) run. The config is kept as ``work/<stage>.yaml``."""
+    from ..train.run import train
 
-
-def _resume_if_interrupted(config: dict[str, Any], run: Path) -> None:
-    """Continue an interrupted (or shorter) run from its last checkpoint."""
+    run = work / stage
+    bundle = run / "bundle"
+    config_file = bundle / "config.json"
+    if config_file.is_file() and json.loads(config_file.read_text()).get(
+            "trained_steps") == steps:
+        _log(f"{stage} already trained: {bundle}")
+        return bundle
     last = run / "checkpoints" / "last.ckpt"
     if last.is_file():
         config["resume"] = str(last)
-        _log(f"resuming {run.name} from {last}")
+        _log(f"resuming {stage} from {last}")
+    (work / f"{stage}.yaml").write_text(yaml.safe_dump(config))
+    return train(stage, work / f"{stage}.yaml")
 
 
 def write_demo_sentence(wav: Path = SENTENCE_WAV) -> Path:
@@ -220,6 +214,7 @@ def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
     train_entries = [e for e in index["sequences"] if e["split"] == "train"]
     mean_motion = np.mean([np.concatenate([d["expression"], d["jaw"]], 1).mean(0) for d in (
         np.load(corpus / e["file"]) for e in train_entries[:400])], axis=0)
+    mean_lips = flame.vertices(mean_motion[None, :100], mean_motion[None, 100:])[0, lips]
     emotions = list(animator.loaded.config.emotions)
     style = entries[0]["identity"]
     errors, baseline, jaw_pred, jaw_true = [], [], [], []
@@ -235,10 +230,7 @@ def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
         take = animator.generate(clip, condition)
         predicted = flame.vertices(take.expression[:n], take.jaw[:n])
         errors.append(np.linalg.norm(predicted[:, lips] - target[:n, lips], axis=-1).mean())
-        mean_vertices = flame.vertices(np.repeat(mean_motion[None, :100], n, 0),
-                                       np.repeat(mean_motion[None, 100:], n, 0))
-        baseline.append(np.linalg.norm(mean_vertices[:, lips] - target[:n, lips],
-                                       axis=-1).mean())
+        baseline.append(np.linalg.norm(mean_lips - target[:n, lips], axis=-1).mean())
         jaw_pred.append(take.jaw[:n, 0])
         jaw_true.append(data["jaw"][:n, 0])
         neutral = None
