@@ -20,8 +20,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m server",
         description="EMOTE emotional speech-driven FLAME animation: generate expression and jaw "
-                    "parameters from speech, inspect a model, train models, or run the worker "
-                    "the Blender add-on talks to.")
+                    "parameters from speech, inspect a model, train models, rebuild the built-in "
+                    "demo, or run the worker the Blender add-on talks to.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     gen = sub.add_parser(
