@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import lightning as L
@@ -14,12 +15,17 @@ from ..models.emote import EmoteConfig, EmoteModel
 from ..models.flint import Flint, FlintConfig
 from .geometry import FlameVertices, kl_per_latent_frame, masked_vertex_mse
 
+COSINE_FLOOR = 0.02  # the cosine schedule ends at this fraction of the initial rate
+
 
 class _TrainingModule(L.LightningModule):
     """Logging and optimisation shared by the stages: subclasses give ``losses(batch)`` (a dict
-    with ``loss``) and ``trainable()``."""
+    with ``loss``) and ``trainable()``. ``lr_schedule``: ``constant`` (EMOTE's) or ``cosine``
+    (from ``lr`` down to ``COSINE_FLOOR × lr`` at ``total_steps``, step by step)."""
 
     lr: float
+    lr_schedule: str = "constant"
+    total_steps: int = 0
 
     def validation_losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return self.losses(batch)
@@ -36,7 +42,19 @@ class _TrainingModule(L.LightningModule):
                       batch_size=len(batch["motion"]))
 
     def configure_optimizers(self) -> Any:
-        return torch.optim.Adam([p for p in self.trainable() if p.requires_grad], lr=self.lr)
+        optimizer = torch.optim.Adam([p for p in self.trainable() if p.requires_grad],
+                                     lr=self.lr)
+        if self.lr_schedule == "constant":
+            return optimizer
+        steps = max(1, self.total_steps)
+
+        def factor(step: int) -> float:
+            progress = min(step, steps) / steps
+            return COSINE_FLOOR + (1 - COSINE_FLOOR) * 0.5 * (1 + math.cos(math.pi * progress))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {"optimizer": optimizer,
+                "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
 class FlintModule(_TrainingModule):

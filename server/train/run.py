@@ -10,7 +10,8 @@ checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), `
 ``num_nodes``, ``strategy`` (auto|ddp|…), ``seed``, ``resume`` (a checkpoint to continue from),
 ``windows_per_epoch``, ``num_workers``, ``gradient_clip`` (norm; default none),
 ``train_audio_cnn`` (stage 1: also train wav2vec2's
-CNN, for a wav2vec2 trained from scratch; default false as in EMOTE).
+CNN, for a wav2vec2 trained from scratch; default false as in EMOTE), ``lr_schedule``
+(``constant``, EMOTE's and the default, or ``cosine``: decays to 2 % of ``lr`` at ``max_steps``).
 Stage 2 also needs ``stage1_bundle`` and the perceptual networks' released files
 ``lip_reader`` (LRS3_V_WER32.3 ``model.pth``), ``emotion_cnn`` (the ResNet-50 emotion
 ``.ckpt``) and ``video_emotion`` (the video emotion classifier ``.ckpt``), and FLAME's
@@ -31,6 +32,7 @@ DEFAULTS = {
     "stage1": {"window": 64, "batch_size": 4},
     "stage2": {"window": 64, "batch_size": 4},
 }
+LR_SCHEDULES = ("constant", "cosine")
 STAGE_FILES = {
     "flint": (),
     "stage1": ("flint_bundle",),
@@ -55,6 +57,9 @@ def read_config(path: Path, stage: str) -> dict[str, Any]:
     missing = [k for k in ("data", "flame", "out") + STAGE_FILES[stage] if not merged.get(k)]
     if missing:
         raise ValueError(f"The training config lacks: {', '.join(missing)}.")
+    if merged.setdefault("lr_schedule", "constant") not in LR_SCHEDULES:
+        raise ValueError(f"Unknown lr_schedule '{merged['lr_schedule']}': use "
+                         f"{' or '.join(LR_SCHEDULES)}.")
     return merged
 
 
@@ -104,6 +109,7 @@ def train(stage: str, config_path: Path) -> Path:
         module = EmoteStage1(emote_config, flint, vertices, lr=float(config["lr"]),
                              train_audio_cnn=bool(config.get("train_audio_cnn", False)))
 
+    module.lr_schedule, module.total_steps = config["lr_schedule"], int(config["max_steps"])
     loaders = {
         "train_dataloaders": DataLoader(train_set, batch_size=int(config["batch_size"]),
                                         shuffle=True, num_workers=int(config["num_workers"]),
