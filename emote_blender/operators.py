@@ -253,7 +253,11 @@ def apply_result(pending: PendingGeneration, reply: dict[str, Any]) -> str:
     mesh = bpy.data.objects.get(pending.mesh_name)
     if mesh is None:
         raise ValueError(f"The head '{pending.mesh_name}' was deleted while generating.")
-    target = rig.describe_rig(mesh, exp_pattern=bpy.context.scene.emote.exp_pattern)
+    pattern = bpy.context.scene.emote.exp_pattern
+    target = rig.describe_rig(mesh, exp_pattern=pattern)
+    linked_mesh = rig.make_shape_keys_editable(target)
+    if linked_mesh is not None:
+        target = rig.describe_rig(mesh, exp_pattern=pattern)
     expression = np.asarray(reply["expression"], np.float64)
     jaw = np.asarray(reply["jaw"], np.float64)
     audio = pending.audio
@@ -299,7 +303,13 @@ def apply_result(pending: PendingGeneration, reply: dict[str, Any]) -> str:
             compat.assign_action(target.armature, previous[1])
         with takes_switched_by_code(mesh):
             mesh.emote_active_take = previous[2]
+        if linked_mesh is not None:
+            override, mesh.data = mesh.data, linked_mesh
+            bpy.data.meshes.remove(override)
         raise
+    if linked_mesh is not None:
+        notes.append(f"The mesh '{linked_mesh.name}' is linked: this head now uses a library "
+                     "override of it, so its shape keys can take keys.")
     all_notes = pending.notes + notes + ([frame_info[2]] if frame_info[2] else []) + list(
         reply.get("warnings", []))
     message = f"New take '{take.name}': {len(channels.frames)} frames."

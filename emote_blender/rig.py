@@ -128,19 +128,33 @@ def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> R
 
 
 def check_editable(rig: Rig) -> None:
-    """A linked rig cannot take keys; a library override can."""
+    """Keys go on the mesh's shape keys and on the armature object's pose, so both objects must
+    be local or library overrides. An overridden armature's bone data may stay linked; linked
+    mesh data is made an override when the take is applied (:func:`make_shape_keys_editable`).
+    """
     for obj in (rig.mesh, rig.armature):
-        if obj is None:
-            continue
-        data = [obj, obj.data]
-        if obj is rig.mesh and rig.shape_keys is not None:
-            data.append(rig.shape_keys)
-        for block in data:
-            if block.library is not None and block.override_library is None:
-                raise RigError(
-                    f"'{obj.name}' is linked from '{block.library.filepath}' and cannot be "
-                    "animated. Make it editable with Object ▸ Library Override ▸ Make, then "
-                    "generate again.")
+        if obj is not None and obj.library is not None:
+            raise RigError(
+                f"'{obj.name}' is linked from '{obj.library.filepath}' and cannot be "
+                "animated. Make it editable with Object ▸ Library Override ▸ Make, then "
+                "generate again.")
+
+
+def make_shape_keys_editable(rig: Rig) -> Any | None:
+    """Linked mesh data under an overridden (or local) object gets a library override of its
+    own, so that its shape keys can hold a take; returns the linked mesh it replaced (None when
+    the keys were already editable). Only this object is switched to the new override: other
+    instances of the same character keep theirs."""
+    keys = rig.shape_keys
+    if keys is None or keys.library is None:
+        return None
+    linked = rig.mesh.data
+    override = linked.override_create(remap_local_usages=False)
+    if override is None:
+        raise RigError(f"Could not make a library override of the mesh '{linked.name}' of "
+                       f"'{rig.mesh.name}', so its shape keys cannot be animated.")
+    rig.mesh.data = override
+    return linked
 
 
 # -- FLAME frame of a rig ----------------------------------------------------------------------

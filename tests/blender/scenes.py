@@ -79,3 +79,24 @@ def python_of_worker() -> str:
 
 def current_python() -> str:
     return sys.executable
+
+
+def link_head_from_library(scene, mesh, library: Path):
+    """Move the head and its armature into a collection, write it to ``library``, delete the
+    local copies and link the collection back in, as a shot file links a character."""
+    collection = bpy.data.collections.new("FLAME head")
+    scene.collection.children.link(collection)
+    rig = mesh.parent
+    for obj in (mesh, rig):
+        for users in list(obj.users_collection):
+            users.objects.unlink(obj)
+        collection.objects.link(obj)
+    name = collection.name  # "FLAME head.001" when an earlier test left one behind
+    bpy.data.libraries.write(str(library), {collection}, fake_user=True)
+    scene.collection.children.unlink(collection)
+    bpy.data.collections.remove(collection)
+    bpy.data.batch_remove([mesh, rig])
+    with bpy.data.libraries.load(str(library), link=True) as (_, linked):
+        linked.collections = [name]
+    scene.collection.children.link(linked.collections[0])
+    return linked.collections[0]

@@ -13,6 +13,7 @@ import bpy
 import pytest
 
 from tests.blender.conftest import ROOT
+from tests.blender.scenes import link_head_from_library
 from tests.blender.test_generate import make_scene
 
 
@@ -209,20 +210,8 @@ def test_disabling_the_addon_stops_the_worker(clean, addon, fixtures, tmp_path):
 
 def test_linked_rig_without_override_is_explained(clean, addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
-    collection = bpy.data.collections.new("FLAME head")
-    scene.collection.children.link(collection)
-    for obj in (mesh, mesh.parent):
-        for users in list(obj.users_collection):
-            users.objects.unlink(obj)
-        collection.objects.link(obj)
-    library = tmp_path / "head_library.blend"
-    bpy.data.libraries.write(str(library), {collection}, fake_user=True)
-    scene.collection.children.unlink(collection)
-    bpy.data.collections.remove(collection)
-    with bpy.data.libraries.load(str(library), link=True) as (_, linked):
-        linked.collections = ["FLAME head"]
-    scene.collection.children.link(linked.collections[0])
-    head = [o for o in linked.collections[0].objects if o.type == "MESH"][0]
+    linked = link_head_from_library(scene, mesh, tmp_path / "head_library.blend")
+    head = [o for o in linked.objects if o.type == "MESH"][0]
     assert head.library is not None
     scene.emote.rig = head
     before = {a.name for a in bpy.data.actions}
