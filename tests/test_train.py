@@ -180,3 +180,29 @@ def test_cli_stage2_from_stage1_with_released_weight_layouts(dataset, tmp_path):
     for column in ("train/lip_exchanged", "train/emotion_exchanged", "train/vertex"):
         assert column in metrics
     assert (tmp_path / "run" / "bundle" / "model.safetensors").is_file()
+
+
+def test_cosine_schedule_decays_to_its_floor_and_unknown_schedules_are_refused(dataset, tmp_path):
+    from server.train.modules import COSINE_FLOOR
+    from server.train.run import read_config
+
+    vertices = FlameVertices(load_flame_file(dataset / "flame.pkl"))
+    module = FlintModule(SMALL_FLINT, vertices, lr=1e-3)
+    assert isinstance(module.configure_optimizers(), torch.optim.Adam)  # EMOTE's: constant
+    module.lr_schedule, module.total_steps = "cosine", 10
+    setup = module.configure_optimizers()
+    optimizer, scheduler = setup["optimizer"], setup["lr_scheduler"]["scheduler"]
+    rates = []
+    for _ in range(12):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    assert rates[0] == pytest.approx(1e-3)
+    assert rates[5] == pytest.approx(1e-3 * (COSINE_FLOOR + (1 - COSINE_FLOOR) / 2))
+    assert rates[10] == rates[11] == pytest.approx(1e-3 * COSINE_FLOOR)
+    assert np.all(np.diff(rates[:11]) < 0)
+    config = tmp_path / "bad.yaml"
+    config.write_text(yaml.safe_dump({"data": "d", "flame": "f", "out": "o",
+                                      "lr_schedule": "linear"}))
+    with pytest.raises(ValueError, match="Unknown lr_schedule 'linear': use constant or cosine"):
+        read_config(config, "flint")
