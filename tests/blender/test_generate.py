@@ -188,6 +188,40 @@ def test_regenerate_keeps_takes_and_reuses_audio(clean, addon, fixtures, tmp_pat
     assert len(mesh.emote_takes) == 1
 
 
+def take_state(name):
+    """What undo must restore: takes, actions, the active action, NLA tracks (looked up by
+    name: undo replaces every datablock)."""
+    mesh = bpy.data.objects[name]
+    key = mesh.data.shape_keys
+    animation = key.animation_data
+    return ([t.name for t in mesh.emote_takes], mesh.emote_active_take,
+            sorted(a.name for a in bpy.data.actions),
+            animation.action.name if animation and animation.action else None,
+            len(animation.nla_tracks) if animation else 0)
+
+
+def test_undo_restores_the_state_before_each_operator(clean, addon, fixtures, tmp_path):
+    scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
+    name = mesh.name
+    assert generate(emotion="1") == {"FINISHED"}
+    bpy.ops.ed.undo_push(message="first take")
+    states = [take_state(name)]
+    # Called as the user does (the second argument asks for an undo step).
+    scene.emote.emotion = "5"
+    steps = [lambda: bpy.ops.emote.generate("EXEC_DEFAULT", True, wait=True),
+             lambda: bpy.ops.emote.bake("EXEC_DEFAULT", True),
+             lambda: bpy.ops.emote.take_delete("EXEC_DEFAULT", True, index=0)]
+    for step in steps:
+        assert step() == {"FINISHED"}
+        states.append(take_state(name))
+    assert len(set(map(str, states))) == len(states)  # each step changed something
+    for expected in reversed(states[:-1]):
+        bpy.ops.ed.undo()
+        assert take_state(name) == expected
+    bpy.ops.ed.redo()
+    assert take_state(name) == states[1]
+
+
 def test_bake_to_nla_at_the_strip(clean, addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
     compat = sys.modules["bl_ext.emote_test_repo.emote_lipsync.compat"]
