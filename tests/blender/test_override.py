@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import bpy
 import numpy as np
+import pytest
 
 from tests.blender.scenes import link_head_from_library
 from tests.blender.test_generate import generate, make_scene
@@ -63,6 +64,31 @@ def test_library_override_takes_keys_and_keeps_them(clean, addon, fixtures, tmp_
         assert len(tracks) == 1 and tracks[0].strips[0].frame_start == start
         assert len(head.parent.animation_data.nla_tracks) == 1
         np.testing.assert_allclose(evaluated_vertices(head, frame), animated, atol=1e-6)
+    finally:
+        for lib in list(bpy.data.libraries):
+            bpy.data.libraries.remove(lib)
+
+
+def test_a_failed_take_on_an_override_leaves_the_mesh_linked(clean, addon, fixtures, tmp_path,
+                                                             monkeypatch):
+    scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
+    linked = link_head_from_library(scene, mesh, tmp_path / "character.blend")
+    override = linked.override_hierarchy_create(scene, bpy.context.view_layer)
+    head = [o for o in override.objects if o.type == "MESH"][0]
+    linked_mesh = head.data
+    scene.emote.rig = head
+    actions = {a.name for a in bpy.data.actions}
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(addon.keys, "write_channels", broken)
+    try:
+        with pytest.raises(RuntimeError, match="Could not apply the take: disk full"):
+            bpy.ops.emote.generate(wait=True)
+        assert head.data == linked_mesh
+        assert not [m for m in bpy.data.meshes if m.override_library is not None]
+        assert {a.name for a in bpy.data.actions} == actions and not len(head.emote_takes)
     finally:
         for lib in list(bpy.data.libraries):
             bpy.data.libraries.remove(lib)
