@@ -11,7 +11,8 @@ checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), `
 ``windows_per_epoch``, ``num_workers``, ``gradient_clip`` (norm; default none),
 ``train_audio_cnn`` (stage 1: also train wav2vec2's
 CNN, for a wav2vec2 trained from scratch; default false as in EMOTE), ``lr_schedule``
-(``constant``, EMOTE's and the default, or ``cosine``: decays to 2 % of ``lr`` at ``max_steps``).
+(``constant``, EMOTE's and the default, or ``cosine``: decays to 2 % of ``lr`` at ``max_steps``),
+``kl_weight`` (FLINT: the KL term's weight against vertex MSE × 1e6; default 1e-3 as in EMOTE).
 Stage 2 also needs ``stage1_bundle`` and the perceptual networks' released files
 ``lip_reader`` (LRS3_V_WER32.3 ``model.pth``), ``emotion_cnn`` (the ResNet-50 emotion
 ``.ckpt``) and ``video_emotion`` (the video emotion classifier ``.ckpt``), and FLAME's
@@ -94,7 +95,8 @@ def train(stage: str, config_path: Path) -> Path:
         val_set = None
     if stage == "flint":
         flint_config = FlintConfig(**config.get("flint", {}))
-        module: L.LightningModule = FlintModule(flint_config, vertices, lr=float(config["lr"]))
+        module: L.LightningModule = FlintModule(flint_config, vertices, lr=float(config["lr"]),
+                                                kl_weight=float(config.get("kl_weight", 1e-3)))
     elif stage == "stage2":
         module = _stage2_module(config, flame, vertices)
     else:
