@@ -205,6 +205,7 @@ def test_the_recipe_runs_from_one_command(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     metrics = json.loads(result.stdout[result.stdout.rindex("\n{") + 1:])
     assert metrics["held_out_sequences"] == 2
+    assert 0 < metrics["flint_lip_error_mm"] and 0 < metrics["flint_lip_error_ratio"]
     assert metrics["held_out_voice"].startswith("festival:")
     assert set(metrics["per_emotion_strong"]) == set(corpus.EMOTIONS)
     index = json.loads((tmp_path / "work" / "corpus" / "index.json").read_text())

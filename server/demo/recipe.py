@@ -30,10 +30,11 @@ HELD_OUT_ENGINE = "festival"
 # Sizes and schedules. "quick" is for tests: the same code on a toy budget.
 RECIPE: dict[str, Any] = {
     "seed": 0,
-    "corpus": {"train": 1400, "val": 40, "test_sentences": 12},
+    "corpus": {"train": 4000, "val": 40, "test_sentences": 12},
     "flint": {"config": {"feature_dim": 64, "latent_dim": 64, "dim_feedforward": 128,
                          "n_heads": 4},
-              "max_steps": 3000, "batch_size": 16, "lr": 1e-3, "window": 32},
+              "max_steps": 4000, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
+              "window": 32, "kl_weight": 1e-4},
     "stage1": {"model": {"wav2vec2": {"hidden_size": 128, "num_hidden_layers": 4,
                                       "num_attention_heads": 4, "intermediate_size": 256,
                                       "conv_dim": [128] * 7, "num_conv_pos_embeddings": 64,
@@ -41,8 +42,8 @@ RECIPE: dict[str, Any] = {
                                       "mask_time_prob": 0.05, "layerdrop": 0.0},
                          "feature_dim": 64, "n_heads": 4, "dim_feedforward": 128,
                          "dropout": 0.1},
-               "max_steps": 3500, "batch_size": 8, "lr": 5e-4, "window": 64,
-               "gradient_clip": 1.0},
+               "max_steps": 4000, "batch_size": 8, "lr": 5e-4, "lr_schedule": "cosine",
+               "window": 64, "gradient_clip": 1.0},
 }
 QUICK = {"corpus": {"train": 12, "val": 2, "test_sentences": 2},
          "flint": {"max_steps": 10}, "stage1": {"max_steps": 10}}
@@ -108,19 +109,20 @@ def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, 
     flint_cfg = {"data": str(corpus), "flame": str(head), "out": str(work / "flint"),
                  "seed": settings["seed"], "flint": settings["flint"]["config"],
                  "accelerator": "cpu", **{k: settings["flint"][k] for k in
-                                          ("max_steps", "batch_size", "lr", "window")},
+                                          ("max_steps", "batch_size", "lr", "lr_schedule",
+                                           "window", "kl_weight")},
                  "val_every": max(1, settings["flint"]["max_steps"] // 5)}
     flint_bundle = _train_stage("flint", flint_cfg, work, settings["flint"]["max_steps"])
     stage1_cfg = {"data": str(corpus), "flame": str(head), "out": str(work / "stage1"),
                   "seed": settings["seed"], "flint_bundle": str(flint_bundle),
                   "model": settings["stage1"]["model"], "train_audio_cnn": True,
                   "accelerator": "cpu", **{k: settings["stage1"][k] for k in
-                                           ("max_steps", "batch_size", "lr", "window",
-                                            "gradient_clip")},
+                                           ("max_steps", "batch_size", "lr", "lr_schedule",
+                                            "window", "gradient_clip")},
                   "val_every": max(1, settings["stage1"]["max_steps"] // 8)}
     bundle = _train_stage("stage1", stage1_cfg, work, settings["stage1"]["max_steps"])
     _log("evaluating on held-out speech")
-    metrics = evaluate(bundle, corpus, head)
+    metrics = evaluate(bundle, corpus, head, flint_bundle)
     metrics["training_seconds"] = round(time.perf_counter() - started, 1)
     metrics["recipe"] = settings
     (bundle / "metrics.json").write_text(json.dumps(metrics, indent=1))
@@ -189,18 +191,24 @@ def _pearson(a: np.ndarray, b: np.ndarray) -> float:
     return float((a * b).sum() / (np.sqrt((a * a).sum() * (b * b).sum()) + 1e-12))
 
 
-def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
+def evaluate(bundle: Path, corpus: Path, head_file: Path, flint_bundle: Path | None = None
+             ) -> dict[str, Any]:
     """Metrics on the corpus' held-out (test) sequences, run through the inference engine:
 
     - lip-vertex error (mean distance over the lip vertices, mm) of the model and of the mean
       training pose, and their ratio;
+    - with ``flint_bundle``: the lip-vertex error of FLINT reconstructing the target motion
+      (encoder mean → decoder): how well the motion prior that stage 1 decodes through can
+      represent the targets at all;
     - Pearson correlation of predicted and target jaw opening over all test frames;
     - per emotion: mean upper-face vertex displacement from the Neutral take (mm) and the jaw
       correlation of that emotion's takes.
     """
+    import torch
+
     from ..animator import Animator
     from ..audio import clip_from_samples
-    from ..checkpoints import load_model
+    from ..checkpoints import load_flint_bundle, load_model
     from ..flame import FlameModel, load_flame_file
     from ..train.data import read_index
     from .head import build_demo_head
@@ -217,7 +225,8 @@ def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
     mean_lips = flame.vertices(mean_motion[None, :100], mean_motion[None, 100:])[0, lips]
     emotions = list(animator.loaded.config.emotions)
     style = entries[0]["identity"]
-    errors, baseline, jaw_pred, jaw_true = [], [], [], []
+    errors, baseline, jaw_pred, jaw_true, floor = [], [], [], [], []
+    flint = load_flint_bundle(flint_bundle).eval() if flint_bundle is not None else None
     per_emotion: dict[str, dict[str, list]] = {e: {"disp": [], "pred": [], "true": []}
                                                for e in emotions}
     for entry in entries:
@@ -233,6 +242,14 @@ def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
         baseline.append(np.linalg.norm(mean_lips - target[:n, lips], axis=-1).mean())
         jaw_pred.append(take.jaw[:n, 0])
         jaw_true.append(data["jaw"][:n, 0])
+        if flint is not None:
+            whole = n - n % flint.config.frames_per_latent
+            motion = np.concatenate([data["expression"], data["jaw"]], 1)[None, :whole]
+            with torch.no_grad():
+                rebuilt = flint(torch.from_numpy(motion).float(), sample=False)[0][0].numpy()
+            floor.append(np.linalg.norm(
+                flame.vertices(rebuilt[:, :100], rebuilt[:, 100:])[:, lips]
+                - target[:whole, lips], axis=-1).mean())
         neutral = None
         for emotion in emotions:
             take_e = animator.generate(clip, {"emotion": emotion, "intensity": "strong",
@@ -246,7 +263,7 @@ def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
             per_emotion[emotion]["true"].append(data["jaw"][:n, 0])
     lip_error = float(np.mean(errors)) * 1000
     mean_error = float(np.mean(baseline)) * 1000
-    return {
+    metrics: dict[str, Any] = {
         "held_out_sequences": len(entries),
         "held_out_voice": entries[0].get("voice", ""),
         "lip_vertex_error_mm": round(lip_error, 3),
@@ -260,3 +277,7 @@ def evaluate(bundle: Path, corpus: Path, head_file: Path) -> dict[str, Any]:
                                                           np.concatenate(v["true"])), 3)}
             for e, v in per_emotion.items()},
     }
+    if floor:
+        metrics["flint_lip_error_mm"] = round(float(np.mean(floor)) * 1000, 3)
+        metrics["flint_lip_error_ratio"] = round(float(np.mean(floor)) * 1000 / mean_error, 3)
+    return metrics
