@@ -498,15 +498,29 @@ def _flite_synthesize(text: str, voice: Voice) -> Utterance:
         wave = folder / "speech.wav"
         command = ["flite", "-voice", name, "--setf", f"duration_stretch={1.0 / voice.rate:.4f}",
                    "-psdur", "-t", text, "-o", str(wave)]
-        output = _run("flite", command, folder, _timeout(text))
-        if not wave.is_file():
-            raise RuntimeError(f"flite wrote no audio for voice {name!r}")
-        audio = _read_wave(_shift_pitch(wave, voice.pitch, "flite"))
+        audio, output = _run_to_wave("flite", command, wave, text, voice)
     events = _offset_restarts([(s, float(t)) for s, t in _SEGMENT.findall(output)])
+    return _utterance_from_ends("flite", events, output, audio, text, voice)
+
+
+def _run_to_wave(engine: str, command: list[str], wave: Path, text: str, voice: Voice
+                 ) -> tuple[np.ndarray, str]:
+    """Run a synthesiser that writes ``wave``: (its audio at the voice's pitch, its output)."""
+    output = _run(engine, command, wave.parent, _timeout(text))
+    if not wave.is_file():
+        raise RuntimeError(f"{engine} wrote no audio for voice {voice.name!r}: "
+                           f"{output[-500:]!r}")
+    return _read_wave(_shift_pitch(wave, voice.pitch, engine)), output
+
+
+def _utterance_from_ends(engine: str, events: list[tuple[str, float]], output: str,
+                         audio: np.ndarray, text: str, voice: Voice) -> Utterance:
+    """The utterance from a synthesiser's (symbol, end time) events."""
     if not events:
-        raise RuntimeError(f"flite printed no segments for voice {name!r}: {output[-500:]!r}")
+        raise RuntimeError(f"{engine} printed no segments for voice {voice.name!r}: "
+                           f"{output[-500:]!r}")
     duration = len(audio) / SAMPLE_RATE
-    return Utterance(audio, _fit(_from_ends(events, duration, "flite"), duration), text, voice)
+    return Utterance(audio, _fit(_from_ends(events, duration, engine), duration), text, voice)
 
 
 def _offset_restarts(events: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -566,15 +580,10 @@ def _festival_synthesize(text: str, voice: Voice) -> Utterance:
         script.write_text(_FESTIVAL_SCRIPT.format(
             name=name, stretch=1.0 / voice.rate, rate=voice.rate, text=_scheme_string(text),
             wave=wave.as_posix()))
-        output = _run("festival", ["festival", "--batch", str(script)], folder, _timeout(text))
-        if not wave.is_file():
-            raise RuntimeError(f"festival wrote no audio for voice {name!r}: {output[-500:]!r}")
-        audio = _read_wave(_shift_pitch(wave, voice.pitch, "festival"))
+        audio, output = _run_to_wave("festival", ["festival", "--batch", str(script)], wave,
+                                     text, voice)
     events = [(s, float(t)) for s, t in re.findall(r"^SEG (\S+) (\S+)$", output, flags=re.M)]
-    if not events:
-        raise RuntimeError(f"festival printed no segments for voice {name!r}: {output[-500:]!r}")
-    duration = len(audio) / SAMPLE_RATE
-    return Utterance(audio, _fit(_from_ends(events, duration, "festival"), duration), text, voice)
+    return _utterance_from_ends("festival", events, output, audio, text, voice)
 
 
 # --------------------------------------------------------------------------------------------
