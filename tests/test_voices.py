@@ -104,9 +104,9 @@ def test_timeline_fills_edges_clips_and_merges_pauses():
 
 
 def test_unknown_engine_is_rejected():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown engine 'nonesuch'"):
         tts.voices("nonesuch")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown engine 'nonesuch'"):
         tts.synthesize("hello", tts.Voice("nonesuch", "x"))
 
 

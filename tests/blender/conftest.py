@@ -79,7 +79,14 @@ def addon(fixtures):
 
 @pytest.fixture
 def clean(addon):
-    """An empty scene at 25 fps for each test; the worker stays warm between tests."""
+    """An empty scene at 25 fps for each test; the worker stays warm between tests. Linked
+    libraries and the collections that linked or overrode them go too."""
+    shot_collections = [c for c in bpy.data.collections
+                        if c.library is not None or c.override_library is not None]
+    if shot_collections:
+        bpy.data.batch_remove(shot_collections)
+    for library in list(bpy.data.libraries):
+        bpy.data.libraries.remove(library)
     for collection in (bpy.data.objects, bpy.data.meshes, bpy.data.armatures, bpy.data.actions,
                        bpy.data.shape_keys, bpy.data.sounds):
         ids = [i for i in collection if i.users == 0 or collection is bpy.data.objects]

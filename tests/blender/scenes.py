@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import bpy
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -91,7 +92,7 @@ def link_head_from_library(scene, mesh, library: Path):
         for users in list(obj.users_collection):
             users.objects.unlink(obj)
         collection.objects.link(obj)
-    name = collection.name  # "FLAME head.001" when an earlier test left one behind
+    name = collection.name
     bpy.data.libraries.write(str(library), {collection}, fake_user=True)
     scene.collection.children.unlink(collection)
     bpy.data.collections.remove(collection)
@@ -100,3 +101,22 @@ def link_head_from_library(scene, mesh, library: Path):
         linked.collections = [name]
     scene.collection.children.link(linked.collections[0])
     return linked.collections[0]
+
+
+def overridden_head(scene, mesh, library: Path):
+    """The head as a shot sees it after Object ▸ Library Override ▸ Make: linked from
+    ``library`` and overridden (system overrides, as Blender makes them by default)."""
+    linked = link_head_from_library(scene, mesh, library)
+    override = linked.override_hierarchy_create(scene, bpy.context.view_layer)
+    return next(o for o in override.objects if o.type == "MESH")
+
+
+def evaluated_vertices(obj, frame):
+    """(V, 3) vertices of ``obj`` at ``frame`` after shape keys and modifiers, object space."""
+    bpy.context.scene.frame_set(int(frame))
+    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
+    mesh = evaluated.to_mesh()
+    co = np.zeros(len(mesh.vertices) * 3)
+    mesh.vertices.foreach_get("co", co)
+    evaluated.to_mesh_clear()
+    return co.reshape(-1, 3)

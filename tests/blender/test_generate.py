@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.blender.conftest import ROOT, WORKER_PYTHON
-from tests.blender.scenes import add_strip
+from tests.blender.scenes import add_strip, evaluated_vertices
 
 FRAME_START, TRIM = 37, 8
 
@@ -133,14 +133,7 @@ def test_evaluated_mesh_equals_flame_forward(clean, addon, fixtures, tmp_path):
     reference = np.load(tmp_path / "verts.npy")
     world = np.array(mesh.matrix_world)
     for n, frame in enumerate(check_frames):
-        scene.frame_set(int(frame))
-        depsgraph = bpy.context.evaluated_depsgraph_get()
-        evaluated = mesh.evaluated_get(depsgraph)
-        data = evaluated.to_mesh()
-        co = np.zeros(len(data.vertices) * 3)
-        data.vertices.foreach_get("co", co)
-        evaluated.to_mesh_clear()
-        ours = co.reshape(-1, 3) @ world[:3, :3].T + world[:3, 3]
+        ours = evaluated_vertices(mesh, frame) @ world[:3, :3].T + world[:3, 3]
         expected = reference[n] @ world[:3, :3].T + world[:3, 3]
         assert np.abs(ours - expected).max() < 1e-5, frame
 

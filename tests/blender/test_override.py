@@ -7,26 +7,13 @@ import bpy
 import numpy as np
 import pytest
 
-from tests.blender.scenes import link_head_from_library
+from tests.blender.scenes import evaluated_vertices, overridden_head
 from tests.blender.test_generate import generate, make_scene
-
-
-def evaluated_vertices(obj, frame):
-    bpy.context.scene.frame_set(frame)
-    evaluated = obj.evaluated_get(bpy.context.evaluated_depsgraph_get())
-    mesh = evaluated.to_mesh()
-    co = np.zeros(len(mesh.vertices) * 3)
-    mesh.vertices.foreach_get("co", co)
-    evaluated.to_mesh_clear()
-    return co.reshape(-1, 3)
 
 
 def test_library_override_takes_keys_and_keeps_them(clean, addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
-    library = tmp_path / "character.blend"
-    linked = link_head_from_library(scene, mesh, library)
-    override = linked.override_hierarchy_create(scene, bpy.context.view_layer)
-    head = [o for o in override.objects if o.type == "MESH"][0]
+    head = overridden_head(scene, mesh, tmp_path / "character.blend")
     armature = head.parent
     linked_mesh = head.data
     assert head.override_library is not None and linked_mesh.library is not None
@@ -54,27 +41,21 @@ def test_library_override_takes_keys_and_keeps_them(clean, addon, fixtures, tmp_
     shot = tmp_path / "shot.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(shot))
     bpy.ops.wm.open_mainfile(filepath=str(shot))
-    try:
-        head = next(o for o in bpy.data.objects if o.type == "MESH" and o.emote_takes)
-        assert head.override_library is not None and head.library is None
-        assert [t.label for t in head.emote_takes] == [
-            t.split(" #")[0] for t in (head.emote_takes[0].name, head.emote_takes[1].name)]
-        key = head.data.shape_keys
-        tracks = list(key.animation_data.nla_tracks)
-        assert len(tracks) == 1 and tracks[0].strips[0].frame_start == start
-        assert len(head.parent.animation_data.nla_tracks) == 1
-        np.testing.assert_allclose(evaluated_vertices(head, frame), animated, atol=1e-6)
-    finally:
-        for lib in list(bpy.data.libraries):
-            bpy.data.libraries.remove(lib)
+    head = next(o for o in bpy.data.objects if o.type == "MESH" and o.emote_takes)
+    assert head.override_library is not None and head.library is None
+    assert [t.label for t in head.emote_takes] == [
+        t.split(" #")[0] for t in (head.emote_takes[0].name, head.emote_takes[1].name)]
+    key = head.data.shape_keys
+    tracks = list(key.animation_data.nla_tracks)
+    assert len(tracks) == 1 and tracks[0].strips[0].frame_start == start
+    assert len(head.parent.animation_data.nla_tracks) == 1
+    np.testing.assert_allclose(evaluated_vertices(head, frame), animated, atol=1e-6)
 
 
 def test_a_failed_take_on_an_override_leaves_the_mesh_linked(clean, addon, fixtures, tmp_path,
                                                              monkeypatch):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
-    linked = link_head_from_library(scene, mesh, tmp_path / "character.blend")
-    override = linked.override_hierarchy_create(scene, bpy.context.view_layer)
-    head = [o for o in override.objects if o.type == "MESH"][0]
+    head = overridden_head(scene, mesh, tmp_path / "character.blend")
     linked_mesh = head.data
     scene.emote.rig = head
     actions = {a.name for a in bpy.data.actions}
@@ -83,12 +64,8 @@ def test_a_failed_take_on_an_override_leaves_the_mesh_linked(clean, addon, fixtu
         raise RuntimeError("disk full")
 
     monkeypatch.setattr(addon.keys, "write_channels", broken)
-    try:
-        with pytest.raises(RuntimeError, match="Could not apply the take: disk full"):
-            bpy.ops.emote.generate(wait=True)
-        assert head.data == linked_mesh
-        assert not [m for m in bpy.data.meshes if m.override_library is not None]
-        assert {a.name for a in bpy.data.actions} == actions and not len(head.emote_takes)
-    finally:
-        for lib in list(bpy.data.libraries):
-            bpy.data.libraries.remove(lib)
+    with pytest.raises(RuntimeError, match="Could not apply the take: disk full"):
+        bpy.ops.emote.generate(wait=True)
+    assert head.data == linked_mesh
+    assert not [m for m in bpy.data.meshes if m.override_library is not None]
+    assert {a.name for a in bpy.data.actions} == actions and not len(head.emote_takes)
