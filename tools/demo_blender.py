@@ -50,11 +50,9 @@ def empty_scene() -> bpy.types.Scene:
 
 
 def add_sentence(scene: bpy.types.Scene) -> object:
-    editor = scene.sequence_editor_create()
-    strips = editor.strips if hasattr(editor, "strips") else editor.sequences
-    strip = strips.new_sound("sentence", str(SENTENCE), 1, 1)
+    strip = sys.modules[MODULE].compat.new_sound_strip(scene, "sentence", str(SENTENCE), 1, 1)
     strip.select = True
-    editor.active_strip = strip
+    scene.sequence_editor.active_strip = strip
     strip.sound.pack()  # demo.blend stays self-contained
     scene.frame_start, scene.frame_end = strip.frame_final_start, strip.frame_final_end - 1
     return strip
@@ -102,8 +100,7 @@ def camera_and_look(scene: bpy.types.Scene) -> None:
 
 def generate(scene: bpy.types.Scene, emotion: str, intensity: str) -> str:
     settings = scene.emote
-    settings.emotion = str(["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger",
-                            "Contempt"].index(emotion))
+    settings.emotion = str(sys.modules[MODULE].properties.EMOTIONS.index(emotion))
     settings.intensity = intensity
     started = time.perf_counter()
     result = bpy.ops.emote.generate(wait=True)

@@ -21,11 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..audio import SAMPLES_PER_FRAME
+from ..audio import FPS, SAMPLES_PER_FRAME
 from .head import EXPRESSIONS, N_EXPRESSION
 from .voices import SAMPLE_RATE, Utterance, Voice, synthesize
 
-FPS = 25
 EMOTIONS = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
 INTENSITY_SCALE = (0.45, 0.75, 1.0)  # mild, medium, strong
 
