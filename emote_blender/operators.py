@@ -16,7 +16,7 @@ import numpy as np
 from bpy.props import BoolProperty, IntProperty, StringProperty
 
 from . import compat, keys, motion, properties, rig, strips
-from .preferences import ADDON_ROOT, DEMO_MODEL, check_python, preferences
+from .preferences import ADDON_ROOT, check_python, preferences
 from .server import protocol
 from .worker import Job, WorkerClient, WorkerError
 
@@ -56,10 +56,7 @@ def stop_worker() -> None:
 def model_request(context: Any) -> dict[str, Any]:
     prefs = preferences(context)
     if prefs.model_kind == "DEMO":
-        if not (DEMO_MODEL / "config.json").is_file():
-            raise ValueError(f"The built-in demo model is missing from this install "
-                             f"({DEMO_MODEL}); choose a model in the add-on preferences.")
-        return {"model": str(DEMO_MODEL), "assets": None, "device": prefs.device}
+        return {"model": None, "assets": None, "device": prefs.device}
     model = bpy.path.abspath(prefs.model_path).rstrip("/\\") if prefs.model_path else ""
     if not model:
         raise ValueError("No model is set: choose the EMOTE_v2 folder or a bundle in the "

@@ -12,7 +12,6 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 ADDON_ROOT = Path(__file__).resolve().parent
-DEMO_MODEL = ADDON_ROOT / "server" / "demo" / "model"
 
 
 def default_python() -> str:

@@ -88,8 +88,17 @@ class LoadedModel:
 # Entry point
 
 
-def load_model(folder: str | Path, assets: str | Path | None = None) -> LoadedModel:
-    """Load an official EMOTE v2 folder or one of our bundles, weights on CPU, in eval mode."""
+def load_model(folder: str | Path | None = None, assets: str | Path | None = None
+               ) -> LoadedModel:
+    """Load an official EMOTE v2 folder or one of our bundles, weights on CPU, in eval mode.
+    No folder means the built-in demo model (``server/demo/model``)."""
+    if folder is None:
+        from .demo.recipe import MODEL_DIR
+
+        if not (MODEL_DIR / "config.json").is_file():
+            raise ModelFolderError(f"The built-in demo model is missing from this install "
+                                   f"('{MODEL_DIR}'); choose an EMOTE_v2 folder or a bundle.")
+        folder = MODEL_DIR
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ModelFolderError(f"Model folder not found: '{folder}'.")

@@ -144,13 +144,6 @@ def _load(args: argparse.Namespace) -> Any:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.model is None:
-        from .demo.recipe import MODEL_DIR
-
-        if not (MODEL_DIR / "config.json").is_file():
-            raise UsageError("No --model given and the built-in demo model is missing "
-                             f"({MODEL_DIR}); give --model.")
-        args.model = MODEL_DIR
     return load_model(args.model, args.assets)
 
 

@@ -10,7 +10,8 @@ dead pipe: any failure is an ``error`` reply, and it exits when its stdin closes
 Requests (client → worker)
   ``ping``      {id}                                → ``pong``
   ``load``      {id, model, assets?, device?, threads?, window?, overlap?}
-                model: official EMOTE_v2 folder or bundle folder; device: auto|cpu|cuda|mps;
+                model: official EMOTE_v2 folder or bundle folder (null or left out: the
+                built-in demo model); device: auto|cpu|cuda|mps;
                 window/overlap: long-audio window and overlap in frames (multiples of 8;
                 defaults 1200 and 96); loading the same settings again is instant
                                                     → ``loaded`` {info, device}
@@ -56,7 +57,7 @@ REPLIES = (READY, PONG, LOADED, PROGRESS, RESULT, CANCELLED, ERROR, BYE)
 
 REQUIRED_FIELDS = {
     PING: ("id",),
-    LOAD: ("id", "model"),
+    LOAD: ("id",),
     GENERATE: ("id", "audio", "condition"),
     CANCEL: ("id", "job"),
     SHUTDOWN: (),

@@ -144,10 +144,10 @@ class Worker:
         if message.get("threads"):
             torch.set_num_threads(int(message["threads"]))
         window = {k: int(message[k]) for k in ("window", "overlap") if message.get(k)}
-        key = (str(message["model"]), str(message.get("assets")), message.get("device", "auto"),
+        key = (str(message.get("model")), str(message.get("assets")), message.get("device", "auto"),
                tuple(sorted(window.items())))
         if self.animator is None or key != self.model_key:
-            loaded = load_model(message["model"], message.get("assets"))
+            loaded = load_model(message.get("model"), message.get("assets"))
             self.animator = Animator(loaded, device=message.get("device", "auto"), **window)
             self.model_key = key
         self.send(protocol.LOADED, id=message["id"], info=self.animator.loaded.info(),

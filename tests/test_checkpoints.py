@@ -132,3 +132,13 @@ def test_wrong_folders_are_explained(tmp_path):
     (tmp_path / "half" / "cfg.yaml").write_text("model: {}\n")
     with pytest.raises(ModelFolderError, match="no checkpoints/last.ckpt"):
         load_model(tmp_path / "half")
+
+
+def test_no_folder_means_the_built_in_demo_model(tmp_path, monkeypatch):
+    from server.demo import recipe
+
+    loaded = load_model()
+    assert loaded.kind == "bundle" and loaded.info()["styles"][0] == "moderate-neutral-brisk"
+    monkeypatch.setattr(recipe, "MODEL_DIR", tmp_path / "model")
+    with pytest.raises(ModelFolderError, match="built-in demo model is missing"):
+        load_model()

@@ -115,6 +115,14 @@ def test_failures_are_replies_not_dead_pipes(worker, tiny_bundle, tmp_path):
     assert worker.until("pong", "alive")
 
 
+def test_load_without_a_model_loads_the_built_in_demo(worker, speech_wav):
+    worker.send(protocol.request("load", "L", device="cpu"))
+    assert worker.until("loaded", "L")[0]["info"]["styles"][0] == "moderate-neutral-brisk"
+    worker.send(protocol.request("generate", "g", audio=str(speech_wav),
+                                 condition={"emotion": "Sad"}))
+    assert worker.until("result", "g")[0]["label"] == "Sad · strong · moderate-neutral-brisk"
+
+
 def test_output_file_instead_of_inline_arrays(worker, tiny_bundle, speech_wav, tmp_path):
     load(worker, tiny_bundle)
     out = tmp_path / "take.npz"
