@@ -9,20 +9,18 @@ import soundfile
 
 from tests.builders import run_server, write_official_release, write_wav
 
-run = run_server
-
 
 def test_help_lists_the_commands():
-    result = run("--help")
+    result = run_server("--help")
     assert result.returncode == 0
     for command in ("generate", "info", "worker"):
         assert command in result.stdout
-    assert "--emotion" in run("generate", "--help").stdout
+    assert "--emotion" in run_server("generate", "--help").stdout
 
 
 def test_generate_writes_npz_and_json(tmp_path, tiny_bundle, speech_wav):
     out = tmp_path / "take.npz"
-    result = run("generate", speech_wav, "--model", tiny_bundle, "--emotion", "Happy",
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "--emotion", "Happy",
                  "--intensity", "strong", "--style", "M005", "-o", out)
     assert result.returncode == 0, result.stderr
     take = np.load(out)
@@ -34,7 +32,7 @@ def test_generate_writes_npz_and_json(tmp_path, tiny_bundle, speech_wav):
     assert take["condition"][0, 1] == 1 and take["condition"][0, 10] == 1
     assert take["condition"][0, 12] == 1
     as_json = tmp_path / "take.json"
-    assert run("generate", speech_wav, "--model", tiny_bundle, "--emotion", "Happy",
+    assert run_server("generate", speech_wav, "--model", tiny_bundle, "--emotion", "Happy",
                "--intensity", "2", "--style", "1", "-o", as_json).returncode == 0
     data = json.loads(as_json.read_text())
     np.testing.assert_allclose(np.array(data["expression"]), take["expression"], atol=1e-7)
@@ -43,7 +41,7 @@ def test_generate_writes_npz_and_json(tmp_path, tiny_bundle, speech_wav):
 
 def test_generate_with_flame_adds_vertices(tmp_path, tiny_bundle, speech_wav, flame_files):
     out = tmp_path / "take.npz"
-    result = run("generate", speech_wav, "--model", tiny_bundle, "--flame",
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "--flame",
                  flame_files["legacy"], "--emotion", "Sad", "-o", out)
     assert result.returncode == 0, result.stderr
     take = np.load(out)
@@ -57,10 +55,10 @@ def test_condition_file_and_trim(tmp_path, tiny_bundle, speech_wav):
     np.save(tmp_path / "anger.npy", vector)
     by_file = tmp_path / "a.npz"
     by_name = tmp_path / "b.npz"
-    assert run("generate", speech_wav, "--model", tiny_bundle, "--condition",
+    assert run_server("generate", speech_wav, "--model", tiny_bundle, "--condition",
                tmp_path / "anger.npy", "--start", "0.5", "--end", "2.5", "-o",
                by_file).returncode == 0
-    assert run("generate", speech_wav, "--model", tiny_bundle, "--emotion", "Anger",
+    assert run_server("generate", speech_wav, "--model", tiny_bundle, "--emotion", "Anger",
                "--start", "0.5", "--end", "2.5", "-o", by_name).returncode == 0
     a, b = np.load(by_file), np.load(by_name)
     assert a["expression"].shape == (50, 100)
@@ -73,7 +71,7 @@ def test_batch_over_files_and_all_emotions(tmp_path, tiny_bundle):
     write_wav(folder / "one.wav", 1.0, seed=1)
     write_wav(folder / "two.wav", 1.2, seed=2)
     out = tmp_path / "takes"
-    result = run("generate", folder, "--model", tiny_bundle, "--emotion", "all", "-o", out)
+    result = run_server("generate", folder, "--model", tiny_bundle, "--emotion", "all", "-o", out)
     assert result.returncode == 0, result.stderr
     names = sorted(p.name for p in out.iterdir())
     assert len(names) == 16 and "one_Happy.npz" in names and "two_Contempt.npz" in names
@@ -84,12 +82,12 @@ def test_batch_over_files_and_all_emotions(tmp_path, tiny_bundle):
 
 def test_info_describes_the_official_model(tmp_path):
     emote, _ = write_official_release(tmp_path)
-    result = run("info", "--model", emote, "--json")
+    result = run_server("info", "--model", emote, "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
     assert info["kind"] == "official" and len(info["styles"]) == 32
     assert info["flint"].endswith("loss_total=0.0123.ckpt")
-    text = run("info", "--model", emote).stdout
+    text = run_server("info", "--model", emote).stdout
     assert "Anger" in text and "FLINT:" in text
 
 
@@ -129,7 +127,7 @@ def test_bad_input_gives_one_sentence_and_writes_nothing(tmp_path, tiny_bundle, 
     for name, (args, message) in _bad_inputs(tmp_path, tiny_bundle, speech_wav,
                                               flame_files).items():
         out = tmp_path / "out" / f"{name}.npz"
-        result = run("generate", *args, "-o", out)
+        result = run_server("generate", *args, "-o", out)
         assert result.returncode != 0, name
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: "), (name, result.stderr)
@@ -141,7 +139,7 @@ def test_bad_input_gives_one_sentence_and_writes_nothing(tmp_path, tiny_bundle, 
 def test_8k_stereo_mp3_generates_when_allowed(tmp_path, tiny_bundle):
     mp3 = write_wav(tmp_path / "phone.mp3", 2.0, rate=8_000, channels=2, fmt="MP3")
     out = tmp_path / "phone.npz"
-    result = run("generate", mp3, "--model", tiny_bundle, "--allow-low-rate", "-o", out)
+    result = run_server("generate", mp3, "--model", tiny_bundle, "--allow-low-rate", "-o", out)
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "8000 Hz" in result.stderr
     assert np.load(out)["expression"].shape[0] in (49, 50, 51)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,9 +15,7 @@ from server.demo import corpus
 from server.demo.head import EXPRESSIONS, MOUTH_Y, build_demo_head, write_demo_head
 from server.flame import FlameModel, load_flame_file
 from server.train.geometry import FlameVertices, masked_vertex_mse
-from tests.builders import run_server
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.builders import ROOT, run_server
 
 
 @pytest.fixture(scope="module")
