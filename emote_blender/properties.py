@@ -16,14 +16,10 @@ from bpy.props import (
     StringProperty,
 )
 
-EMOTIONS = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+from .server.protocol import EMOTIONS, MEAD_STYLES
+
 INTENSITIES = [("0", "Mild", "MEAD level 1"), ("1", "Medium", "MEAD level 2"),
                ("2", "Strong", "MEAD level 3")]
-MEAD_STYLES = [
-    "M003", "M005", "M007", "M009", "M011", "M012", "M013", "M019", "M022", "M023", "M024",
-    "M025", "M026", "M027", "M028", "M029", "M030", "M031", "W009", "W011", "W014", "W015",
-    "W016", "W018", "W019", "W021", "W023", "W024", "W025", "W026", "W028", "W029",
-]
 
 # What the loaded model offers; refreshed when the worker reports a loaded model.
 MODEL_INFO: dict[str, Any] = {"styles": list(MEAD_STYLES), "emotions": list(EMOTIONS)}

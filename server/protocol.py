@@ -48,6 +48,17 @@ from typing import Any
 
 VERSION = 1
 
+# The names a condition is made of, in the order of EMOTE's condition vector: eight emotions,
+# three intensities, and the 32 MEAD speakers that are the official model's speaking styles (a
+# loaded model reports its own emotions and styles in ``info``).
+EMOTIONS = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
+INTENSITIES = ("mild", "medium", "strong")
+MEAD_STYLES = (
+    "M003", "M005", "M007", "M009", "M011", "M012", "M013", "M019", "M022", "M023", "M024",
+    "M025", "M026", "M027", "M028", "M029", "M030", "M031", "W009", "W011", "W014", "W015",
+    "W016", "W018", "W019", "W021", "W023", "W024", "W025", "W026", "W028", "W029",
+)
+
 PING, LOAD, GENERATE, CANCEL, SHUTDOWN = "ping", "load", "generate", "cancel", "shutdown"
 REQUESTS = (PING, LOAD, GENERATE, CANCEL, SHUTDOWN)
 

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 from ..audio import FPS, SAMPLES_PER_FRAME
+from ..protocol import EMOTIONS
 from .head import EXPRESSIONS, N_EXPRESSION
 from .voices import SAMPLE_RATE, Utterance, Voice, synthesize
 
-EMOTIONS = ("Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt")
 INTENSITY_SCALE = (0.45, 0.75, 1.0)  # mild, medium, strong
 
 # Per-phone articulation: jaw opening (radians about x) and lip components (coefficients).

@@ -13,17 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..protocol import EMOTIONS, INTENSITIES, MEAD_STYLES
 from .attention import BiasedTransformerEncoder
 from .flint import FlintConfig, FlintDecoder
 from .wav2vec2 import AudioEncoder
-
-EMOTIONS = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
-INTENSITIES = ["mild", "medium", "strong"]
-MEAD_STYLES = [
-    "M003", "M005", "M007", "M009", "M011", "M012", "M013", "M019", "M022", "M023", "M024",
-    "M025", "M026", "M027", "M028", "M029", "M030", "M031", "W009", "W011", "W014", "W015",
-    "W016", "W018", "W019", "W021", "W023", "W024", "W025", "W026", "W028", "W029",
-]
 
 
 @dataclass

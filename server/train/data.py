@@ -25,9 +25,10 @@ import torch
 from torch.utils.data import Dataset
 
 from ..audio import SAMPLES_PER_FRAME
+from ..protocol import EMOTIONS, INTENSITIES
 
 INDEX_VERSION = 1
-N_EMOTIONS, N_INTENSITIES = 8, 3
+N_EMOTIONS, N_INTENSITIES = len(EMOTIONS), len(INTENSITIES)
 
 
 def write_sequence(path: Path, audio: np.ndarray, expression: np.ndarray, jaw: np.ndarray,
