@@ -7,8 +7,11 @@ expression basis); targets are blended with dominance functions (coarticulation:
 vowels, narrow and strong for closures), and the lips are held shut through p/b/m. Speaking
 styles scale the articulation, add a smile bias and change the tempo of motion; the emotion
 adds its own upper-face and mouth-corner overlay, scaled by intensity. The audio is augmented
-(rate, pitch, noise, reverberation, EQ). Everything is seeded, so one command rebuilds the same
-corpus.
+(rate, pitch, noise, reverberation, EQ). Everything here is seeded: one command rebuilds the
+same plan (sentences, voices, emotions, styles, augmentation). The espeak-ng library itself is
+not repeatable bit for bit within one process (libespeak-ng 1.51: the same call, repeated,
+moves phone times by about a millisecond and the length by a few to tens of milliseconds), so
+a rebuilt corpus matches an earlier one in content, not in every sample.
 """
 
 from __future__ import annotations
@@ -110,13 +113,18 @@ def _column(name: str) -> int:
     return EXPRESSIONS.index(name)
 
 
+def _coefficients(named: dict[str, float], scale: float = 1.0) -> np.ndarray:
+    """Expression coefficients (N_EXPRESSION,) from {expression name: value}, times ``scale``."""
+    vector = np.zeros(N_EXPRESSION)
+    for name, value in named.items():
+        vector[_column(name)] = value * scale
+    return vector
+
+
 def phone_target(phone: str) -> tuple[float, np.ndarray]:
     """(jaw opening, lip expression coefficients (N_EXPRESSION,)) of one phone."""
     jaw, lips = _VOWELS.get(phone) or _CONSONANTS.get(phone) or (0.06, {})
-    vector = np.zeros(N_EXPRESSION)
-    for name, value in lips.items():
-        vector[_column(name)] = value
-    return jaw, vector
+    return jaw, _coefficients(lips)
 
 
 def articulation(phones: list[tuple[str, float, float]], frames: int, style: Style,
@@ -161,9 +169,7 @@ def emotion_overlay(emotion: str, intensity: int, frames: int, rng: np.random.Ge
     extra jaw opening of ``emotion`` at ``intensity`` (1–3)."""
     coefficients, scale = EMOTION_OVERLAYS[emotion]
     k = INTENSITY_SCALE[intensity - 1]
-    vector = np.zeros(N_EXPRESSION)
-    for name, value in coefficients.items():
-        vector[_column(name)] = value * k
+    vector = _coefficients(coefficients, k)
     t = np.arange(frames) / FPS
     wobble = 1 + 0.08 * np.sin(2 * np.pi * rng.uniform(0.1, 0.3) * t + rng.uniform(0, 6.3))
     overlay = wobble[:, None] * vector
@@ -280,6 +286,12 @@ def _pad_seconds(rng: np.random.Generator) -> tuple[float, float]:
     return float(rng.uniform(0.1, 0.5)), float(rng.uniform(0.1, 0.4))
 
 
+def padded(audio: np.ndarray, lead: float, trail: float) -> np.ndarray:
+    """``audio`` (float32 at the voices' sample rate) with ``lead`` and ``trail`` seconds of
+    silence."""
+    return np.pad(audio, (int(lead * SAMPLE_RATE), int(trail * SAMPLE_RATE))).astype(np.float32)
+
+
 def make_sequence(spec: SequenceSpec, folder: Path) -> dict:
     """Synthesise, augment and write one sequence; returns its index entry."""
     from ..train.data import write_sequence
@@ -287,8 +299,7 @@ def make_sequence(spec: SequenceSpec, folder: Path) -> dict:
     rng = np.random.default_rng(spec.seed)
     utterance = synthesize(spec.text, spec.voice)
     lead, trail = _pad_seconds(rng)
-    audio = np.concatenate([np.zeros(int(lead * SAMPLE_RATE), np.float32), utterance.audio,
-                            np.zeros(int(trail * SAMPLE_RATE), np.float32)])
+    audio = padded(utterance.audio, lead, trail)
     if spec.augment:
         audio = augment(audio, rng)
     else:

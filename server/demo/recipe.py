@@ -158,14 +158,14 @@ def write_demo_sentence(wav: Path = SENTENCE_WAV) -> Path:
     its phone timings beside it (``.json``: text, voice, phones in seconds into the file)."""
     import soundfile
 
-    from .voices import Voice, synthesize
+    from .corpus import padded
+    from .voices import SAMPLE_RATE, Voice, synthesize
 
     voice = Voice(HELD_OUT_ENGINE, "cmu_us_slt_arctic_hts")
     utterance = synthesize(SENTENCE_TEXT, voice)
     pad = 0.25
-    silence = np.zeros(int(pad * 16_000), np.float32)
-    audio = np.concatenate([silence, utterance.audio, silence])
-    soundfile.write(str(wav), 0.8 * audio / np.abs(audio).max(), 16_000, subtype="PCM_16")
+    audio = padded(utterance.audio, pad, pad)
+    soundfile.write(str(wav), 0.8 * audio / np.abs(audio).max(), SAMPLE_RATE, subtype="PCM_16")
     phones = [(p, round(s + pad, 4), round(e + pad, 4)) for p, s, e in utterance.phones]
     wav.with_suffix(".json").write_text(json.dumps({
         "text": SENTENCE_TEXT, "voice": f"{voice.engine}:{voice.name}", "phones": phones}))
