@@ -31,10 +31,10 @@ HELD_OUT_ENGINE = "festival"
 RECIPE: dict[str, Any] = {
     "seed": 0,
     "corpus": {"train": 4000, "val": 40, "test_sentences": 12},
-    "flint": {"config": {"feature_dim": 64, "latent_dim": 64, "dim_feedforward": 128,
-                         "n_heads": 4},
+    "flint": {"flint": {"feature_dim": 64, "latent_dim": 64, "dim_feedforward": 128,
+                        "n_heads": 4},
               "max_steps": 4000, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
-              "window": 32, "kl_weight": 1e-4},
+              "window": 32, "kl_weight": 1e-4, "validations": 5},
     "stage1": {"model": {"wav2vec2": {"hidden_size": 128, "num_hidden_layers": 4,
                                       "num_attention_heads": 4, "intermediate_size": 256,
                                       "conv_dim": [128] * 7, "num_conv_pos_embeddings": 64,
@@ -42,8 +42,9 @@ RECIPE: dict[str, Any] = {
                                       "mask_time_prob": 0.05, "layerdrop": 0.0},
                          "feature_dim": 64, "n_heads": 4, "dim_feedforward": 128,
                          "dropout": 0.1},
+               "train_audio_cnn": True,
                "max_steps": 4000, "batch_size": 8, "lr": 5e-4, "lr_schedule": "cosine",
-               "window": 64, "gradient_clip": 1.0},
+               "window": 64, "gradient_clip": 1.0, "validations": 8},
 }
 QUICK = {"corpus": {"train": 12, "val": 2, "test_sentences": 2},
          "flint": {"max_steps": 10}, "stage1": {"max_steps": 10}}
@@ -106,21 +107,10 @@ def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, 
         build_corpus(corpus, specs, progress=lambda d, n: d % 100 == 0 and _log(
             f"corpus {d}/{n}"))
     _log("corpus ready")
-    flint_cfg = {"data": str(corpus), "flame": str(head), "out": str(work / "flint"),
-                 "seed": settings["seed"], "flint": settings["flint"]["config"],
-                 "accelerator": "cpu", **{k: settings["flint"][k] for k in
-                                          ("max_steps", "batch_size", "lr", "lr_schedule",
-                                           "window", "kl_weight")},
-                 "val_every": max(1, settings["flint"]["max_steps"] // 5)}
-    flint_bundle = _train_stage("flint", flint_cfg, work, settings["flint"]["max_steps"])
-    stage1_cfg = {"data": str(corpus), "flame": str(head), "out": str(work / "stage1"),
-                  "seed": settings["seed"], "flint_bundle": str(flint_bundle),
-                  "model": settings["stage1"]["model"], "train_audio_cnn": True,
-                  "accelerator": "cpu", **{k: settings["stage1"][k] for k in
-                                           ("max_steps", "batch_size", "lr", "lr_schedule",
-                                            "window", "gradient_clip")},
-                  "val_every": max(1, settings["stage1"]["max_steps"] // 8)}
-    bundle = _train_stage("stage1", stage1_cfg, work, settings["stage1"]["max_steps"])
+    paths = {"data": str(corpus), "flame": str(head)}
+    flint_bundle = _train_stage("flint", settings, work, paths)
+    bundle = _train_stage("stage1", settings, work, {**paths,
+                                                      "flint_bundle": str(flint_bundle)})
     _log("evaluating on held-out speech")
     metrics = evaluate(bundle, corpus, head, flint_bundle)
     metrics["training_seconds"] = round(time.perf_counter() - started, 1)
@@ -132,17 +122,23 @@ def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, 
     return metrics
 
 
-def _train_stage(stage: str, config: dict[str, Any], work: Path, steps: int) -> Path:
-    """The stage's bundle: reused when ``work/<stage>`` already holds one trained for exactly
-    ``steps`` steps; otherwise trained, continuing from the last checkpoint of an interrupted
-    (or shorter) run. The config is kept as ``work/<stage>.yaml``."""
+def _train_stage(stage: str, settings: dict[str, Any], work: Path, paths: dict[str, str]
+                 ) -> Path:
+    """The bundle of ``stage`` ("flint" or "stage1") trained with the recipe's settings and the
+    data/FLAME/FLINT ``paths``: reused when ``work/<stage>`` already holds one trained for
+    exactly the recipe's steps; otherwise trained, continuing from the last checkpoint of an
+    interrupted (or shorter) run. The config is kept as ``work/<stage>.yaml``."""
     from ..train.run import train
 
+    own = dict(settings[stage])
+    validations = own.pop("validations")
+    config = {**paths, "out": str(work / stage), "seed": settings["seed"], "accelerator": "cpu",
+              **own, "val_every": max(1, own["max_steps"] // validations)}
     run = work / stage
     bundle = run / "bundle"
     config_file = bundle / "config.json"
     if config_file.is_file() and json.loads(config_file.read_text()).get(
-            "trained_steps") == steps:
+            "trained_steps") == own["max_steps"]:
         _log(f"{stage} already trained: {bundle}")
         return bundle
     last = run / "checkpoints" / "last.ckpt"
