@@ -169,7 +169,7 @@ def test_the_built_in_demo_model_follows_held_out_speech():
     target, _ = corpus.articulation([tuple(p) for p in meta["phones"]], clip.frames,
                                     corpus.STYLES[0])
     for take in (happy, sad):
-        assert np.corrcoef(take.jaw[:, 0], target)[0, 1] > 0.55  # measured 0.67 and 0.61
+        assert np.corrcoef(take.jaw[:, 0], target)[0, 1] > 0.55  # measured 0.64 and 0.63
     corner = EXPRESSIONS.index("mouth corners up")
     brow = EXPRESSIONS.index("brow inner up")
     assert happy.expression[:, corner].mean() > sad.expression[:, corner].mean() + 0.5

@@ -33,7 +33,7 @@ RECIPE: dict[str, Any] = {
     "corpus": {"train": 4000, "val": 40, "test_sentences": 12},
     "flint": {"flint": {"feature_dim": 64, "latent_dim": 64, "dim_feedforward": 128,
                         "n_heads": 4},
-              "max_steps": 4000, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
+              "max_steps": 8000, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
               "window": 32, "kl_weight": 1e-4, "validations": 5},
     "stage1": {"model": {"wav2vec2": {"hidden_size": 128, "num_hidden_layers": 4,
                                       "num_attention_heads": 4, "intermediate_size": 256,
