@@ -16,7 +16,8 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,7 +153,7 @@ class Animator:
         wave = torch.from_numpy(normalise(clip.samples[: frames * SAMPLES_PER_FRAME]))
         windows = plan_windows(frames, self.window, self.overlap, self.grid)
         features = []
-        with torch.inference_mode():
+        with torch.inference_mode(), _checked_in_layers(self.model.audio_model, cancel):
             for i, (start, end) in enumerate(windows):
                 _check(cancel)
                 chunk = wave[start * SAMPLES_PER_FRAME: end * SAMPLES_PER_FRAME]
@@ -206,3 +207,21 @@ class Animator:
 def _check(cancel: threading.Event | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("Cancelled.")
+
+
+@contextmanager
+def _checked_in_layers(module: torch.nn.Module, cancel: threading.Event | None
+                       ) -> Iterator[None]:
+    """Check ``cancel`` before each innermost layer of ``module`` runs, so that a cancel stops
+    an audio window (up to 48 s of speech through wav2vec2) within one layer, not at its end:
+    that takes seconds when the CPU is shared, e.g. with a render."""
+    if cancel is None:
+        yield
+        return
+    handles = [layer.register_forward_pre_hook(lambda *_: _check(cancel))
+               for layer in module.modules() if next(layer.children(), None) is None]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()

@@ -185,3 +185,27 @@ def test_cancel_stops_the_job(loaded):
     with pytest.raises(Cancelled):
         animator.generate(clip_from_samples(speech_like(20.0)), HAPPY, progress, cancel)
     assert len(seen) == 1
+
+
+def test_cancel_stops_inside_an_audio_window(loaded):
+    """A cancel that arrives while wav2vec2 runs stops it at the next layer, not at the end of
+    the window; afterwards the engine works as before (no checks left behind)."""
+    animator = Animator(loaded, device="cpu")
+    audio = animator.model.audio_model
+    layers = [m for m in audio.modules() if next(m.children(), None) is None]
+    cancel = threading.Event()
+    ran = []
+    watches = [layer.register_forward_hook(lambda m, *_: ran.append(m)) for layer in layers]
+    trigger = layers[0].register_forward_hook(lambda *_: cancel.set())
+    clip = clip_from_samples(speech_like(3.0))
+    with pytest.raises(Cancelled):
+        animator.generate(clip, HAPPY, cancel=cancel)
+    trigger.remove()
+    assert len(ran) == 1 and animator.stats["audio_encodes"] == 0
+    ran.clear()
+    for watch in watches:
+        watch.remove()
+    take = animator.generate(clip, HAPPY, cancel=threading.Event())
+    fresh = Animator(loaded, device="cpu").generate(clip, HAPPY)
+    np.testing.assert_array_equal(take.jaw, fresh.jaw)
+    assert all(not layer._forward_pre_hooks for layer in layers)
