@@ -206,3 +206,73 @@ def test_cosine_schedule_decays_to_its_floor_and_unknown_schedules_are_refused(d
                                       "lr_schedule": "linear"}))
     with pytest.raises(ValueError, match="Unknown lr_schedule 'linear': use constant or cosine"):
         read_config(config, "flint")
+
+
+def test_stage1_phone_loss_and_loss_scale(dataset, tmp_path):
+    """Per-frame phone labels travel with the windows; the phone classifier adds its weighted
+    cross-entropy, trains with the model, and stays out of the exported model."""
+    from server.train.data import read_index, write_index, write_sequence
+
+    data = tmp_path / "phones"
+    data.mkdir()
+    entries = []
+    for entry in read_index(dataset / "data")["sequences"]:
+        with np.load(dataset / "data" / entry["file"]) as seq:
+            frames = len(seq["jaw"])
+            labels = (np.arange(frames) // 10 % 3).astype(np.int16)  # three "phones" in turn
+            labels[:5] = -1  # unknown
+            new = write_sequence(data / entry["file"], seq["audio"], seq["expression"],
+                                 seq["jaw"], int(seq["emotion"]), int(seq["intensity"]),
+                                 str(seq["identity"]), phones=labels)
+        entries.append({**new, "split": entry["split"]})
+    write_index(data, entries, ["M003", "W009"], phones=["pau", "aa", "m"])
+    with pytest.raises(ValueError, match=r"phones must be \(75,\), got \(74,\)"):
+        write_sequence(tmp_path / "bad.npz", np.zeros(48000), np.zeros((75, 100)),
+                       np.zeros((75, 3)), 0, 1, "M003", phones=np.zeros(74))
+    windows = SequenceWindows(data, "train", 100)
+    sample = windows[0]
+    assert sample["phones"].shape == (100,) and sample["phones"].dtype == torch.long
+    assert (sample["phones"][:5] == -1).all() and (sample["phones"][75:] == -1).all()
+    assert set(sample["phones"][5:75].tolist()) == {0, 1, 2}
+    assert "phones" not in SequenceWindows(dataset / "data", "train", 64)[0]
+
+    torch.manual_seed(0)
+    vertices = FlameVertices(load_flame_file(dataset / "flame.pkl"))
+    config = tiny_config(styles=["M003", "W009"], dropout=0.0)
+    config.flint = SMALL_FLINT
+    module = EmoteStage1(config, Flint(SMALL_FLINT), vertices, lr=1e-3, loss_scale=1e6,
+                         phone_classes=3, phone_weight=0.5)
+    batch = next(iter(torch.utils.data.DataLoader(windows, batch_size=2)))
+    losses = module.losses(batch)
+    value = {k: float(v.detach()) for k, v in losses.items()}
+    assert value["loss"] == pytest.approx(1e6 * value["vertex"] + 0.5 * value["phone"], rel=1e-5)
+    assert 0.5 < value["phone"] < 3  # about ln 3 untrained
+    losses["loss"].backward()
+    assert module.phone_head.weight.grad.abs().sum() > 0
+    assert module.phone_head.weight in set(module.trainable())
+    assert not any("phone" in key for key in module.model.state_dict())
+    plain = EmoteStage1(config, Flint(SMALL_FLINT), vertices)
+    with torch.no_grad():
+        assert set(plain.losses(batch)) == {"loss", "vertex"} and plain.phone_head is None
+
+    phone_data = batches(data, 64, 2, False, 40)
+    phone_module = EmoteStage1(config, Flint(SMALL_FLINT), vertices, lr=3e-3,
+                               phone_classes=3, phone_weight=1.0)
+    with torch.no_grad():
+        start = float(phone_module.losses(phone_data[0])["phone"])
+    fit(phone_module, phone_data, 40)
+    phone_module.eval()
+    with torch.no_grad():
+        assert float(phone_module.losses(phone_data[0])["phone"]) < 0.8 * start
+
+
+def test_a_phone_loss_needs_phone_labels(dataset, tmp_path):
+    config = tmp_path / "stage1.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": str(dataset / "data"), "flame": str(dataset / "flame.pkl"),
+        "out": str(tmp_path / "out"), "flint_bundle": str(tmp_path / "no-flint"),
+        "phone_weight": 0.1, "max_steps": 1, "accelerator": "cpu"}))
+    result = run_server("train", "stage1", "--config", config, timeout=300)
+    assert result.returncode != 0
+    assert "phone_weight needs per-frame phone labels" in result.stderr
+    assert not (tmp_path / "out" / "bundle").exists()

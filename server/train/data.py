@@ -7,11 +7,13 @@ A dataset is a folder with ``index.json`` and one ``.npz`` per sequence:
 ``jaw`` (T, 3) FLAME parameters at 25 fps (pseudo ground truth); ``shape`` (300,);
 ``validity`` (T,) bool (frames whose tracking is trusted); ``emotion`` (int, 0–7 in the order
 Neutral Happy Sad Surprise Fear Disgust Anger Contempt); ``intensity`` (int, 1–3); ``identity``
-(str); optionally ``video`` (str, a folder of aligned face frames, for stage 2).
+(str); optionally ``video`` (str, a folder of aligned face frames, for stage 2) and
+``phones`` (T,) int16: each frame's phone as an index into the index's ``phones`` list, -1 where
+unknown (for stage 1's optional phone-recognition loss).
 
 ``index.json``: ``{"version": 1, "identities": [training identities, in style order],
 "sequences": [{"file": "<name>.npz", "split": "train"|"val"|"test", "identity": str,
-"emotion": int, "intensity": int, "frames": T}, ...]}``.
+"emotion": int, "intensity": int, "frames": T}, ...]}``, optionally ``"phones": [phone names]``.
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ N_EMOTIONS, N_INTENSITIES = len(EMOTIONS), len(INTENSITIES)
 def write_sequence(path: Path, audio: np.ndarray, expression: np.ndarray, jaw: np.ndarray,
                    emotion: int, intensity: int, identity: str,
                    shape: np.ndarray | None = None, validity: np.ndarray | None = None,
-                   video: str | None = None) -> dict[str, Any]:
+                   video: str | None = None, phones: np.ndarray | None = None
+                   ) -> dict[str, Any]:
     """Write one sequence file; returns its index entry (without the split)."""
     frames = len(expression)
     if jaw.shape != (frames, 3):
@@ -51,15 +54,22 @@ def write_sequence(path: Path, audio: np.ndarray, expression: np.ndarray, jaw: n
     }
     if video:
         arrays["video"] = np.asarray(video)
+    if phones is not None:
+        if np.shape(phones) != (frames,):
+            raise ValueError(f"phones must be ({frames},), got {np.shape(phones)}")
+        arrays["phones"] = np.asarray(phones, np.int16)
     np.savez(path, **arrays)
     return {"file": Path(path).name, "identity": identity, "emotion": int(emotion),
             "intensity": int(intensity), "frames": int(frames)}
 
 
-def write_index(folder: Path, entries: list[dict[str, Any]], identities: list[str]) -> Path:
+def write_index(folder: Path, entries: list[dict[str, Any]], identities: list[str],
+                phones: list[str] | None = None) -> Path:
     path = Path(folder) / "index.json"
-    path.write_text(json.dumps({"version": INDEX_VERSION, "identities": identities,
-                                "sequences": entries}, indent=1))
+    index: dict[str, Any] = {"version": INDEX_VERSION, "identities": identities}
+    if phones:
+        index["phones"] = list(phones)
+    path.write_text(json.dumps({**index, "sequences": entries}, indent=1))
     return path
 
 
@@ -78,7 +88,8 @@ class SequenceWindows(Dataset):
 
     Each item: ``audio`` (frames·640,), ``motion`` (frames, 103) = [expression, jaw],
     ``mask`` (frames,) float (0 for padding and untrusted frames), ``condition`` (C,) one-hot
-    emotion | intensity | identity, ``emotion`` and ``intensity`` indices. Clips shorter than
+    emotion | intensity | identity, ``emotion`` and ``intensity`` indices, and where the dataset
+    lists ``phones``, ``phones`` (frames,) long (-1: unknown or padding). Clips shorter than
     the window start at 0 and are zero-padded. Identities outside the training list (val/test)
     get a fixed pseudo-random training identity.
     """
@@ -88,6 +99,7 @@ class SequenceWindows(Dataset):
         self.folder = Path(folder)
         index = read_index(self.folder)
         self.identities = list(index["identities"])
+        self.phone_set: list[str] = list(index.get("phones") or [])
         self.entries = [e for e in index["sequences"] if e.get("split", "train") == split]
         if not self.entries:
             raise ValueError(f"The dataset '{folder}' has no '{split}' sequences.")
@@ -146,4 +158,9 @@ class SequenceWindows(Dataset):
                           condition=torch.from_numpy(self.condition(entry)),
                           emotion=torch.tensor(int(entry["emotion"])),
                           intensity=torch.tensor(int(entry["intensity"]) - 1))
+            if self.phone_set:
+                phones = np.full(self.frames, -1, np.int64)
+                if "phones" in data:
+                    phones[:n] = data["phones"][start:stop]
+                sample["phones"] = torch.from_numpy(phones)
         return sample

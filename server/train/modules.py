@@ -95,11 +95,23 @@ class EmoteStage1(_TrainingModule):
     regressor's 256→128 output layer starts at zero (EMOTE §7).
 
     ``train_audio_cnn=True`` also trains the CNN: for a wav2vec2 trained from scratch (the
-    demo model), where there is no pretrained feature extractor to keep.
+    demo model), where there is no pretrained feature extractor to keep. Two more settings
+    serve that case:
+
+    - ``loss_scale`` multiplies the training loss. The objective stays the same, but vertex
+      errors in m² are around 1e-7, and unscaled, the second moments of almost all gradients
+      fall below Adam's epsilon (1e-8), which then shrinks their steps.
+    - ``phone_classes`` > 0 adds a linear phone classifier on the audio features (training
+      only; not part of the exported model) and ``phone_weight`` × its cross-entropy against the
+      batch's per-frame ``phones`` to the loss: the recognition that a pretrained wav2vec2 brings
+      from its speech-recognition training, taught directly.
+
+    The logged ``vertex`` is always the plain vertex MSE in m², comparable across runs.
     """
 
     def __init__(self, config: EmoteConfig, flint: Flint, vertices: FlameVertices,
-                 lr: float = 1e-4, train_audio_cnn: bool = False) -> None:
+                 lr: float = 1e-4, train_audio_cnn: bool = False, loss_scale: float = 1.0,
+                 phone_classes: int = 0, phone_weight: float = 0.0) -> None:
         super().__init__()
         self.model = EmoteModel(config)
         decoder = self.model.sequence_decoder
@@ -112,26 +124,41 @@ class EmoteStage1(_TrainingModule):
         torch.nn.init.zeros_(decoder.decoder.bias)
         self.vertices = vertices
         self.lr = lr
+        self.loss_scale = loss_scale
+        self.phone_weight = phone_weight
+        self.phone_head = torch.nn.Linear(config.feature_dim, phone_classes) \
+            if phone_classes else None
 
     def train(self, mode: bool = True) -> EmoteStage1:
         super().train(mode)
         self.model.sequence_decoder.motion_prior.eval()  # BatchNorm on running statistics
         return self
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def encode_and_decode(self, batch: dict[str, torch.Tensor]
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(audio features (B, T, F), motion (B, T, 103)) of a batch."""
         audio = normalise_batch(batch["audio"])
         frames = audio.shape[1] // SAMPLES_PER_FRAME
         features = self.model.encode_audio(audio, frames)
         condition = batch["condition"][:, None].expand(-1, frames, -1)
-        return self.model.decode(features, condition)
+        return features, self.model.decode(features, condition)
 
     def losses(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        predicted = self(batch)
+        features, predicted = self.encode_and_decode(batch)
         vertex = masked_vertex_mse(self.vertices, predicted, batch["motion"], batch["mask"])
-        return {"loss": vertex, "vertex": vertex}
+        losses = {"loss": self.loss_scale * vertex, "vertex": vertex}
+        if self.phone_head is not None and self.phone_weight:
+            labels = batch["phones"].masked_fill(batch["mask"] == 0, -1)
+            if (labels >= 0).any():
+                phone = F.cross_entropy(self.phone_head(features).transpose(1, 2), labels,
+                                        ignore_index=-1)
+                losses["phone"] = phone
+                losses["loss"] = losses["loss"] + self.phone_weight * phone
+        return losses
 
     def trainable(self) -> Any:
-        return self.model.parameters()
+        head = [] if self.phone_head is None else list(self.phone_head.parameters())
+        return [*self.model.parameters(), *head]
 
 
 # -- stage 2 -------------------------------------------------------------------------------------

@@ -10,7 +10,12 @@ checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), `
 ``num_nodes``, ``strategy`` (auto|ddp|…), ``seed``, ``resume`` (a checkpoint to continue from),
 ``windows_per_epoch``, ``num_workers``, ``gradient_clip`` (norm; default none),
 ``train_audio_cnn`` (stage 1: also train wav2vec2's
-CNN, for a wav2vec2 trained from scratch; default false as in EMOTE), ``lr_schedule``
+CNN, for a wav2vec2 trained from scratch; default false as in EMOTE), ``loss_scale`` (stage 1:
+multiplies the training loss; default 1 as in EMOTE, but vertex errors are around 1e-7 m², so
+unscaled, most gradients sit below Adam's epsilon and learn slowly; 1e6, FLINT's vertex weight,
+avoids that), ``phone_weight`` (stage 1: weight of a phone-recognition cross-entropy on the
+audio features, for a wav2vec2 trained from scratch; default 0; needs a dataset with per-frame
+``phones``), ``lr_schedule``
 (``constant``, EMOTE's and the default, or ``cosine``: decays to 2 % of ``lr`` at ``max_steps``),
 ``kl_weight`` (FLINT: the KL term's weight against vertex MSE × 1e6; default 1e-3 as in EMOTE).
 Stage 2 also needs ``stage1_bundle`` and the perceptual networks' released files
@@ -88,6 +93,10 @@ def train(stage: str, config_path: Path) -> Path:
     train_set = SequenceWindows(config["data"], "train", int(config["window"]),
                                 seed=int(config["seed"]), motion_only=motion_only,
                                 windows_per_epoch=config.get("windows_per_epoch"))
+    phone_weight = float(config.get("phone_weight", 0.0))
+    if phone_weight and not train_set.phone_set:
+        raise ValueError(f"phone_weight needs per-frame phone labels, and the dataset "
+                         f"'{config['data']}' lists no phones in its index.json.")
     try:
         val_set = SequenceWindows(config["data"], "val", int(config["window"]),
                                   seed=int(config["seed"]) + 1, motion_only=motion_only)
@@ -109,7 +118,10 @@ def train(stage: str, config_path: Path) -> Path:
             raise ValueError(f"The model expects {emote_config.condition_dim} condition numbers;"
                              f" the dataset gives {train_set.condition_dim}.")
         module = EmoteStage1(emote_config, flint, vertices, lr=float(config["lr"]),
-                             train_audio_cnn=bool(config.get("train_audio_cnn", False)))
+                             train_audio_cnn=bool(config.get("train_audio_cnn", False)),
+                             loss_scale=float(config.get("loss_scale", 1.0)),
+                             phone_classes=len(train_set.phone_set) if phone_weight else 0,
+                             phone_weight=phone_weight)
 
     module.lr_schedule, module.total_steps = config["lr_schedule"], int(config["max_steps"])
     loaders = {
