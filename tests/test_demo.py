@@ -141,6 +141,30 @@ def test_articulation_closes_the_lips_on_bilabials_and_opens_on_vowels():
     assert jaw[t > 1.0].max() < 0.03  # back to rest in the pause
 
 
+def test_frame_phones_label_each_frame_centre():
+    phones = [("hh", 0.0, 0.1), ("aa", 0.1, 0.3), ("p", 0.3, 0.38)]
+    labels = corpus.frame_phones(phones, 12, offset=0.04)
+    names = [corpus.PHONE_SET[i] for i in labels]
+    # Frame centres 0.02, 0.06, … s; the phones start 0.04 s into the audio.
+    assert names == ["pau", "hh", "hh", "aa", "aa", "aa", "aa", "aa", "p", "p", "pau", "pau"]
+    assert labels.dtype == np.int16
+
+
+def test_the_plan_gives_each_engine_an_equal_share():
+    from collections import Counter
+
+    from server.demo.voices import Voice
+
+    train = [Voice("espeak-ng", f"v{i}") for i in range(5)] + [Voice("flite", "kal16")]
+    specs = corpus.plan(train, [Voice("festival", "slt")], 40, 10, test_sentences=3)
+    training = [s for s in specs if s.split in ("train", "val")]
+    assert Counter(s.voice.engine for s in training) == {"espeak-ng": 25, "flite": 25}
+    assert Counter(s.voice.name for s in training if s.voice.engine == "espeak-ng") == {
+        f"v{i}": 5 for i in range(5)}
+    assert [s.voice.engine for s in specs if s.split == "test"] == ["festival"] * 3
+    assert specs == corpus.plan(train, [Voice("festival", "slt")], 40, 10, test_sentences=3)
+
+
 def test_emotions_intensities_and_styles():
     rng = np.random.default_rng(0)
     mild, _, _ = corpus.emotion_overlay("Happy", 1, 50, rng)
@@ -206,6 +230,10 @@ def test_the_recipe_runs_from_one_command(tmp_path):
     assert metrics["held_out_voice"].startswith("festival:")
     assert set(metrics["per_emotion_strong"]) == set(corpus.EMOTIONS)
     index = json.loads((tmp_path / "work" / "corpus" / "index.json").read_text())
+    assert index["phones"] == list(corpus.PHONE_SET)
+    first = np.load(tmp_path / "work" / "corpus" / index["sequences"][0]["file"])
+    assert len(first["phones"]) == len(first["jaw"])
+    assert {corpus.PHONE_SET[i] for i in first["phones"]} > {"pau"}  # speech is labelled
     voices = {e["voice"] for e in index["sequences"] if e["split"] == "train"}
     assert not any(v.startswith("festival") or v == "flite:slt" for v in voices)
     assert (tmp_path / "work" / "stage1" / "bundle" / "model.safetensors").is_file()

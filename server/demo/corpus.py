@@ -7,7 +7,8 @@ expression basis); targets are blended with dominance functions (coarticulation:
 vowels, narrow and strong for closures), and the lips are held shut through p/b/m. Speaking
 styles scale the articulation, add a smile bias and change the tempo of motion; the emotion
 adds its own upper-face and mouth-corner overlay, scaled by intensity. The audio is augmented
-(rate, pitch, noise, reverberation, EQ). Everything here is seeded: one command rebuilds the
+(rate, pitch, noise, reverberation, EQ). Each sequence also keeps its frames' phones (for
+stage 1's phone-recognition loss). Everything here is seeded: one command rebuilds the
 same plan (sentences, voices, emotions, styles, augmentation). The espeak-ng library itself is
 not repeatable bit for bit within one process (libespeak-ng 1.51: the same call, repeated,
 moves phone times by about a millisecond and the length by a few to tens of milliseconds), so
@@ -27,9 +28,10 @@ import numpy as np
 from ..audio import FPS, SAMPLES_PER_FRAME
 from ..protocol import EMOTIONS
 from .head import EXPRESSIONS, N_EXPRESSION
-from .voices import SAMPLE_RATE, Utterance, Voice, synthesize
+from .voices import PAUSE, PHONES, SAMPLE_RATE, Utterance, Voice, synthesize
 
 INTENSITY_SCALE = (0.45, 0.75, 1.0)  # mild, medium, strong
+PHONE_SET = tuple(sorted(PHONES))  # the order of the dataset's per-frame phone labels
 
 # Per-phone articulation: jaw opening (radians about x) and lip components (coefficients).
 _VOWELS = {
@@ -292,6 +294,17 @@ def padded(audio: np.ndarray, lead: float, trail: float) -> np.ndarray:
     return np.pad(audio, (int(lead * SAMPLE_RATE), int(trail * SAMPLE_RATE))).astype(np.float32)
 
 
+def frame_phones(phones: list[tuple[str, float, float]], frames: int, offset: float = 0.0
+                 ) -> np.ndarray:
+    """Each 25 fps frame's phone (index into :data:`PHONE_SET`, at the frame's centre; silence
+    where no phone is spoken) for phones starting ``offset`` s into the audio."""
+    t = (np.arange(frames) + 0.5) / FPS
+    labels = np.full(frames, PHONE_SET.index(PAUSE), np.int16)
+    for phone, start, end in phones:
+        labels[(t >= start + offset) & (t < end + offset)] = PHONE_SET.index(phone)
+    return labels
+
+
 def make_sequence(spec: SequenceSpec, folder: Path) -> dict:
     """Synthesise, augment and write one sequence; returns its index entry."""
     from ..train.data import write_sequence
@@ -310,7 +323,8 @@ def make_sequence(spec: SequenceSpec, folder: Path) -> dict:
                                  STYLES[spec.style], rng, offset=lead)
     entry = write_sequence(folder / f"{spec.name}.npz", audio, expression, jaw,
                            emotion=spec.emotion, intensity=spec.intensity,
-                           identity=STYLES[spec.style].name)
+                           identity=STYLES[spec.style].name,
+                           phones=frame_phones(utterance.phones, frames, offset=lead))
     entry.update(split=spec.split, text=spec.text, voice=spec.voice.engine + ":" +
                  spec.voice.name, rate=spec.voice.rate, pitch=spec.voice.pitch)
     return entry
@@ -320,13 +334,18 @@ def plan(train_voices: list[Voice], test_voices: list[Voice], n_train: int, n_va
          seed: int = 0, test_sentences: int = len(HELD_OUT_SENTENCES)) -> list[SequenceSpec]:
     """The corpus plan: training and validation sequences from ``train_voices`` with generated
     sentences, and test sequences from ``test_voices`` speaking :data:`HELD_OUT_SENTENCES`
-    (unaugmented, every emotion at medium intensity in turn)."""
+    (unaugmented, every emotion at medium intensity in turn). Each engine speaks an equal
+    share of the training and validation sequences, shared in turn among its voices: one engine
+    with many variants (espeak-ng) would otherwise drown the others."""
     rng = np.random.default_rng(seed)
+    engines = sorted({v.engine for v in train_voices})
+    by_engine = {e: [v for v in train_voices if v.engine == e] for e in engines}
     specs = []
     for i in range(n_train + n_val):
-        base = train_voices[i % len(train_voices)]
+        own = by_engine[engines[i % len(engines)]]
+        base = own[(i // len(engines)) % len(own)]
         voice = Voice(base.engine, base.name, rate=float(rng.uniform(0.8, 1.3)),
-                      pitch=float(rng.uniform(0.85, 1.2)))
+                      pitch=float(rng.uniform(0.85, 1.4)))
         specs.append(SequenceSpec(
             name=f"seq{i:05d}", split="train" if i < n_train else "val", text=sentence(rng),
             voice=voice, emotion=int(rng.integers(8)), intensity=int(rng.integers(1, 4)),
@@ -357,7 +376,7 @@ def build_corpus(folder: str | Path, specs: Iterable[SequenceSpec], workers: int
             entries.append(future.result())
             if progress:
                 progress(done, len(specs))
-    write_index(folder, entries, [s.name for s in STYLES])
+    write_index(folder, entries, [s.name for s in STYLES], phones=list(PHONE_SET))
     (folder / "corpus.json").write_text(json.dumps({
         "styles": [s.__dict__ for s in STYLES], "emotion_overlays": {
             k: v[0] for k, v in EMOTION_OVERLAYS.items()}}, indent=1))
