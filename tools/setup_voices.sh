@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # The offline voices the demo recipe speaks with (Debian packages): espeak-ng, flite and
-# festival with its US "slt" HTS voice, plus sox. Installs them when missing and this shell may
-# (root with apt-get); otherwise says what to install. Tests that need them skip without them.
+# festival with its US "slt" HTS voice and two diphone voices, plus sox. Installs them when
+# missing and this shell may (root with apt-get); otherwise says what to install. Tests that
+# need them skip without them.
 set -uo pipefail
-packages="espeak-ng libespeak-ng1 flite festival festvox-us-slt-hts festvox-kallpc16k sox"
+packages="espeak-ng libespeak-ng1 flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k sox"
 if command -v espeak-ng >/dev/null && command -v flite >/dev/null \
         && command -v festival >/dev/null && command -v sox >/dev/null; then
     exit 0

@@ -42,8 +42,8 @@ RECIPE: dict[str, Any] = {
                                       "mask_time_prob": 0.05, "layerdrop": 0.0},
                          "feature_dim": 64, "n_heads": 4, "dim_feedforward": 128,
                          "dropout": 0.1},
-               "train_audio_cnn": True,
-               "max_steps": 4000, "batch_size": 8, "lr": 5e-4, "lr_schedule": "cosine",
+               "train_audio_cnn": True, "loss_scale": 1e6, "phone_weight": 0.1,
+               "max_steps": 8000, "batch_size": 8, "lr": 5e-4, "lr_schedule": "cosine",
                "window": 64, "gradient_clip": 1.0, "validations": 8},
 }
 QUICK = {"corpus": {"train": 12, "val": 2, "test_sentences": 2},
@@ -63,21 +63,24 @@ def recipe(quick: bool = False) -> dict[str, Any]:
 
 
 def split_voices() -> tuple[list[Any], list[Any]]:
-    """(training voices, held-out voices). Festival speaks the held-out set; flite's ``slt``
-    is left out of training because festival's HTS voice was built from the same speaker."""
+    """(training voices, held-out voices). Festival's HTS ``slt`` voice speaks the held-out
+    set; festival's other (diphone) voices train. flite's ``slt`` is left out of training
+    because festival's HTS voice was built from the same speaker."""
     from .voices import available_engines, voices
 
     engines = available_engines()
     missing = {"espeak-ng", HELD_OUT_ENGINE} - engines
     if missing:
         raise ValueError(f"The demo corpus needs {', '.join(sorted(missing))} (Debian: "
-                           "apt-get install espeak-ng flite festival festvox-us-slt-hts).")
+                         "apt-get install espeak-ng flite festival festvox-us-slt-hts "
+                         "festvox-kallpc16k festvox-kdlpc16k).")
     train = list(voices("espeak-ng"))
     if "flite" in engines:
         train += [v for v in voices("flite") if "slt" not in v.name]
-    held_out = voices(HELD_OUT_ENGINE)
-    preferred = [v for v in held_out if "slt" in v.name]
-    return train, (preferred or held_out)[:1]
+    festival = voices(HELD_OUT_ENGINE)
+    held_out = ([v for v in festival if "slt" in v.name] or festival)[:1]
+    train += [v for v in festival if v not in held_out]
+    return train, held_out
 
 
 def _log(message: str) -> None:
