@@ -9,21 +9,20 @@ checkpoints, CSV/TensorBoard logs, and the exported bundle in ``out/bundle``), `
 (1e-4), ``max_steps``, ``val_every`` (steps), ``accelerator`` (auto|cpu|gpu), ``devices``,
 ``num_nodes``, ``strategy`` (auto|ddp|…), ``seed``, ``resume`` (a checkpoint to continue from),
 ``windows_per_epoch``, ``num_workers``, ``gradient_clip`` (norm; default none),
-``train_audio_cnn`` (stage 1: also train wav2vec2's
-CNN, for a wav2vec2 trained from scratch; default false as in EMOTE), ``loss_scale`` (stage 1:
-multiplies the training loss; default 1 as in EMOTE, but vertex errors are around 1e-7 m², so
-unscaled, most gradients sit below Adam's epsilon and learn slowly; 1e6, FLINT's vertex weight,
-avoids that), ``phone_weight`` (stage 1: weight of a phone-recognition cross-entropy on the
-audio features, for a wav2vec2 trained from scratch; default 0; needs a dataset with per-frame
-``phones``), ``lr_schedule``
-(``constant``, EMOTE's and the default, or ``cosine``: decays to 2 % of ``lr`` at ``max_steps``),
+``train_audio_cnn`` (stage 1: also train wav2vec2's CNN, for a wav2vec2 trained from scratch;
+default false as in EMOTE), ``loss_scale`` (stage 1: multiplies the training loss; default 1 as
+in EMOTE, but vertex errors are around 1e-7 m², so unscaled, most gradients sit below Adam's
+epsilon and learn slowly; 1e6, FLINT's vertex weight, avoids that), ``phone_weight`` (stage 1:
+weight of a phone-recognition cross-entropy on the audio features, for a wav2vec2 trained from
+scratch; default 0; needs a dataset with per-frame ``phones``), ``lr_schedule`` (``constant``,
+EMOTE's and the default, or ``cosine``: decays to 2 % of ``lr`` at ``max_steps``),
 ``kl_weight`` (FLINT: the KL term's weight against vertex MSE × 1e6; default 1e-3 as in EMOTE).
-Stage 2 also needs ``stage1_bundle`` and the perceptual networks' released files
-``lip_reader`` (LRS3_V_WER32.3 ``model.pth``), ``emotion_cnn`` (the ResNet-50 emotion
-``.ckpt``) and ``video_emotion`` (the video emotion classifier ``.ckpt``), and FLAME's
-``landmark_embedding`` (default: beside the FLAME file); ``loss_weights`` overrides the
-weights (vertex, lip, emotion, lip_exchanged, emotion_exchanged). References are renders of the
-pseudo ground truth (reading aligned real video is not supported yet).
+Stage 2 also needs ``stage1_bundle`` and the perceptual networks' released files ``lip_reader``
+(LRS3_V_WER32.3 ``model.pth``), ``emotion_cnn`` (the ResNet-50 emotion ``.ckpt``) and
+``video_emotion`` (the video emotion classifier ``.ckpt``), and FLAME's ``landmark_embedding``
+(default: beside the FLAME file); ``loss_weights`` overrides the weights (vertex, lip, emotion,
+lip_exchanged, emotion_exchanged). References are renders of the pseudo ground truth (reading
+aligned real video is not supported yet).
 """
 
 from __future__ import annotations
