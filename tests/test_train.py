@@ -10,6 +10,7 @@ import yaml
 pytest.importorskip("lightning")
 
 from server.flame import load_flame_file  # noqa: E402
+from server.models.emote import EmoteConfig  # noqa: E402
 from server.models.flint import Flint, FlintConfig  # noqa: E402
 from server.train.data import SequenceWindows  # noqa: E402
 from server.train.geometry import FlameVertices  # noqa: E402
@@ -276,3 +277,30 @@ def test_a_phone_loss_needs_phone_labels(dataset, tmp_path):
     assert result.returncode != 0
     assert "phone_weight needs per-frame phone labels" in result.stderr
     assert not (tmp_path / "out" / "bundle").exists()
+
+
+@pytest.mark.parametrize("stage, settings, message", [
+    ("flint", {"flint": {"latent_dim": "64"}},
+     "FLINT config 'latent_dim' must be a whole number, got '64'."),
+    ("flint", {"flint": {"latnt_dim": 64}}, "Unknown FLINT config keys: latnt_dim"),
+])
+def test_wrongly_typed_model_settings_are_named(dataset, tmp_path, stage, settings, message):
+    config = tmp_path / f"{stage}.yaml"
+    config.write_text(yaml.safe_dump({
+        "data": str(dataset / "data"), "flame": str(dataset / "flame.pkl"),
+        "out": str(tmp_path / "out"), "max_steps": 1, "accelerator": "cpu", **settings}))
+    result = run_server("train", stage, "--config", config, timeout=300)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_emote_config_names_a_wrongly_typed_setting():
+    for settings, message in (({"dropout": "0.1"}, "'dropout' must be a number, got '0.1'"),
+                              ({"n_heads": 4.5}, "'n_heads' must be a whole number"),
+                              ({"styles": "M003"}, "'styles' must be a list of names")):
+        with pytest.raises(ValueError, match=message):
+            EmoteConfig.from_dict(settings)
+    config = EmoteConfig.from_dict({"dropout": 0, "n_heads": 4})
+    assert config.dropout == 0.0 and isinstance(config.dropout, float)

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..protocol import EMOTIONS, INTENSITIES, MEAD_STYLES
 from .attention import BiasedTransformerEncoder
-from .flint import FlintConfig, FlintDecoder
+from .flint import FlintConfig, FlintDecoder, check_config_types
 from .wav2vec2 import AudioEncoder
 
 
@@ -34,6 +34,9 @@ class EmoteConfig:
     styles: list[str] = field(default_factory=lambda: list(MEAD_STYLES))
     flint: FlintConfig = field(default_factory=FlintConfig)
 
+    def __post_init__(self) -> None:
+        check_config_types(self, "EMOTE")
+
     @property
     def condition_dim(self) -> int:
         return len(self.emotions) + len(self.intensities) + len(self.styles)
@@ -48,7 +51,7 @@ class EmoteConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmoteConfig:
         data = dict(data)
-        flint = FlintConfig(**data.pop("flint", {}))
+        flint = FlintConfig.from_dict(data.pop("flint", {}))
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(data) - known)
         if unknown:

@@ -102,7 +102,7 @@ def train(stage: str, config_path: Path) -> Path:
     except ValueError:
         val_set = None
     if stage == "flint":
-        flint_config = FlintConfig(**config.get("flint", {}))
+        flint_config = FlintConfig.from_dict(config.get("flint", {}))
         module: L.LightningModule = FlintModule(flint_config, vertices, lr=float(config["lr"]),
                                                 kl_weight=float(config.get("kl_weight", 1e-3)))
     elif stage == "stage2":
