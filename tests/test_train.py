@@ -279,17 +279,16 @@ def test_a_phone_loss_needs_phone_labels(dataset, tmp_path):
     assert not (tmp_path / "out" / "bundle").exists()
 
 
-@pytest.mark.parametrize("stage, settings, message", [
-    ("flint", {"flint": {"latent_dim": "64"}},
-     "FLINT config 'latent_dim' must be a whole number, got '64'."),
-    ("flint", {"flint": {"latnt_dim": 64}}, "Unknown FLINT config keys: latnt_dim"),
+@pytest.mark.parametrize("flint, message", [
+    ({"latent_dim": "64"}, "FLINT config 'latent_dim' must be a whole number, got '64'."),
+    ({"latnt_dim": 64}, "Unknown FLINT config keys: latnt_dim"),
 ])
-def test_wrongly_typed_model_settings_are_named(dataset, tmp_path, stage, settings, message):
-    config = tmp_path / f"{stage}.yaml"
+def test_wrongly_typed_model_settings_are_named(dataset, tmp_path, flint, message):
+    config = tmp_path / "flint.yaml"
     config.write_text(yaml.safe_dump({
         "data": str(dataset / "data"), "flame": str(dataset / "flame.pkl"),
-        "out": str(tmp_path / "out"), "max_steps": 1, "accelerator": "cpu", **settings}))
-    result = run_server("train", stage, "--config", config, timeout=300)
+        "out": str(tmp_path / "out"), "max_steps": 1, "accelerator": "cpu", "flint": flint}))
+    result = run_server("train", "flint", "--config", config, timeout=300)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr

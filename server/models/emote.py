@@ -15,7 +15,7 @@ from torch import nn
 
 from ..protocol import EMOTIONS, INTENSITIES, MEAD_STYLES
 from .attention import BiasedTransformerEncoder
-from .flint import FlintConfig, FlintDecoder, check_config_types
+from .flint import FlintConfig, FlintDecoder, check_config_keys, check_config_types
 from .wav2vec2 import AudioEncoder
 
 
@@ -52,10 +52,7 @@ class EmoteConfig:
     def from_dict(cls, data: dict[str, Any]) -> EmoteConfig:
         data = dict(data)
         flint = FlintConfig.from_dict(data.pop("flint", {}))
-        known = {f for f in cls.__dataclass_fields__}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown EMOTE config keys: {', '.join(unknown)}")
+        check_config_keys(cls, data, "EMOTE")
         return cls(flint=flint, **data)
 
 

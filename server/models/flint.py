@@ -18,6 +18,13 @@ _KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false",
           "list[str]": "a list of names", "dict[str, Any]": "a mapping"}
 
 
+def check_config_keys(cls: type, data: dict[str, Any], what: str) -> None:
+    """Raise a ValueError listing the keys of ``data`` that the config dataclass ``cls`` lacks."""
+    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"Unknown {what} config keys: {', '.join(unknown)}")
+
+
 def check_config_types(config: Any, what: str) -> None:
     """Raise a ValueError naming the key when a config value has the wrong type (a quoted number
     in YAML, a list for a number, …), before it fails deep inside torch. Whole numbers are
@@ -62,9 +69,7 @@ class FlintConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FlintConfig:
-        unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-        if unknown:
-            raise ValueError(f"Unknown FLINT config keys: {', '.join(unknown)}")
+        check_config_keys(cls, data, "FLINT")
         return cls(**data)
 
 
