@@ -54,7 +54,7 @@ class FlameVertices(nn.Module):
         joint = (self.regressor @ shaped)[:, None]  # (N, 1, 3)
         keep = self.moving if moving_only else slice(None)
         shaped = shaped[:, keep]
-        rotation = _rodrigues(flat[:, -3:])  # (N, 3, 3)
+        rotation = rodrigues(flat[:, -3:])  # (N, 3, 3)
         eye = torch.eye(3, device=flat.device, dtype=flat.dtype)
         correctives = (rotation - eye).reshape(-1, 9) @ self.correctives
         posed = shaped + correctives.reshape(len(flat), -1, 3)[:, keep]
@@ -64,7 +64,7 @@ class FlameVertices(nn.Module):
         return vertices.reshape(batch, frames, -1, 3)
 
 
-def _rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
+def rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
     """Axis-angle (N, 3) → rotation matrices (N, 3, 3), as smplx's batch_rodrigues (its
     1e-8 offset keeps the zero rotation differentiable)."""
     angle = torch.norm(axis_angle + 1e-8, dim=1, keepdim=True)

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .geometry import rodrigues
+
 CAMERA = (10.002211, 0.0018661031, 0.030013265)  # scale, tx, ty
 HEAD_ROTATION = (0.04197937, 0.0580671, 0.02439648)  # axis-angle
 SH_LIGHT = (
@@ -41,22 +43,13 @@ MOUTH = slice(48, 68)  # of the 68 landmarks; all static
 STATIC_FIRST = 17  # the 51 static landmarks are 17..67
 
 
-def rodrigues(axis_angle: torch.Tensor) -> torch.Tensor:
-    angle = axis_angle.norm()
-    x, y, z = (axis_angle / angle).unbind()
-    zero = torch.zeros((), dtype=axis_angle.dtype)
-    k = torch.stack([zero, -z, y, z, zero, -x, -y, x, zero]).reshape(3, 3)
-    return torch.eye(3, dtype=axis_angle.dtype) + torch.sin(angle) * k + (
-        1 - torch.cos(angle)) * (k @ k)
-
-
 def pose_and_project(vertices: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(N, V, 3) FLAME vertices → (posed (N, V, 3), screen (N, V, 3)).
 
     Posed = v·R (row vectors: the inverse of the head rotation, as the official renderer);
     screen X = s(x + tx), Y = −s(y + ty) (normalised, +X right, +Y down), Z = −s·z + 10.
     """
-    rotation = rodrigues(torch.tensor(HEAD_ROTATION, dtype=vertices.dtype))
+    rotation = rodrigues(torch.tensor([HEAD_ROTATION], dtype=vertices.dtype))[0]
     posed = vertices @ rotation.to(vertices.device)
     s, tx, ty = CAMERA
     screen = torch.stack([s * (posed[..., 0] + tx), -s * (posed[..., 1] + ty),
