@@ -13,6 +13,7 @@ import torch
 
 from server.demo import corpus
 from server.demo.head import EXPRESSIONS, MOUTH_Y, build_demo_head, write_demo_head
+from server.demo.recipe import VOICE_PACKAGES
 from server.flame import FlameModel, load_flame_file
 from server.train.geometry import FlameVertices, masked_vertex_mse
 from tests.builders import ROOT, run_server
@@ -215,8 +216,7 @@ def test_generate_without_model_uses_the_demo_model(tmp_path):
 
 needs_voices = pytest.mark.skipif(
     not (shutil.which("espeak-ng") and shutil.which("festival")),
-    reason="the demo recipe needs espeak-ng and festival (apt-get install espeak-ng flite "
-           "festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k)")
+    reason=f"the demo recipe needs espeak-ng and festival (apt-get install {VOICE_PACKAGES})")
 
 
 @needs_voices

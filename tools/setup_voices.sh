@@ -5,7 +5,16 @@
 # need them skip without them.
 set -uo pipefail
 packages="espeak-ng libespeak-ng1 flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k sox"
-if command -v espeak-ng >/dev/null && command -v flite >/dev/null \
+# Each package, not just each program: a machine set up before a voice joined the list has
+# festival but not that voice, and the recipe would quietly train without it.
+if command -v dpkg-query >/dev/null; then
+    missing=""
+    for package in $packages; do
+        dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" \
+            || missing="$missing $package"
+    done
+    [ -z "$missing" ] && exit 0
+elif command -v espeak-ng >/dev/null && command -v flite >/dev/null \
         && command -v festival >/dev/null && command -v sox >/dev/null; then
     exit 0
 fi

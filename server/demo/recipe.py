@@ -26,6 +26,9 @@ SENTENCE_WAV = Path(__file__).resolve().parent / "sentence.wav"
 SENTENCE_TEXT = ("Peter's mother made a lovely apple pudding for supper, and we ate every "
                  "bite!")
 HELD_OUT_ENGINE = "festival"
+# The Debian packages of the recipe's voices (tools/setup_voices.sh installs them).
+VOICE_PACKAGES = ("espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k "
+                  "festvox-kdlpc16k")
 
 # Sizes and schedules. "quick" is for tests: the same code on a toy budget.
 RECIPE: dict[str, Any] = {
@@ -72,8 +75,7 @@ def split_voices() -> tuple[list[Any], list[Any]]:
     missing = {"espeak-ng", HELD_OUT_ENGINE} - engines
     if missing:
         raise ValueError(f"The demo corpus needs {', '.join(sorted(missing))} (Debian: "
-                         "apt-get install espeak-ng flite festival festvox-us-slt-hts "
-                         "festvox-kallpc16k festvox-kdlpc16k).")
+                         f"apt-get install {VOICE_PACKAGES}).")
     train = list(voices("espeak-ng"))
     if "flite" in engines:
         train += [v for v in voices("flite") if "slt" not in v.name]
