@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 import time
 
 import numpy as np
@@ -14,6 +13,7 @@ import torch
 from server.demo import corpus
 from server.demo.head import EXPRESSIONS, MOUTH_Y, build_demo_head, write_demo_head
 from server.demo.recipe import VOICE_PACKAGES
+from server.demo.voices import Voice
 from server.flame import FlameModel, load_flame_file
 from server.train.geometry import FlameVertices, masked_vertex_mse
 from tests.builders import ROOT, run_server
@@ -151,19 +151,25 @@ def test_frame_phones_label_each_frame_centre():
     assert labels.dtype == np.int16
 
 
-def test_the_plan_gives_each_engine_an_equal_share():
+def test_the_plan_gives_each_voice_group_an_equal_share():
     from collections import Counter
 
     from server.demo.voices import Voice
 
-    train = [Voice("espeak-ng", f"v{i}") for i in range(5)] + [Voice("flite", "kal16")]
-    specs = corpus.plan(train, [Voice("festival", "slt")], 40, 10, test_sentences=3)
+    train = [Voice("espeak-ng", f"v{i}") for i in range(5)] + [Voice("flite", "kal16")] + [
+        Voice("festival", "kal_diphone"), Voice("festival", "lp_diphone"),
+        Voice("festival", "czech_ph")]
+    specs = corpus.plan(train, [Voice("festival", "slt")], 80, 20, test_sentences=3)
     training = [s for s in specs if s.split in ("train", "val")]
-    assert Counter(s.voice.engine for s in training) == {"espeak-ng": 25, "flite": 25}
+    assert Counter(s.voice.engine for s in training) == {"espeak-ng": 25, "flite": 25,
+                                                         "festival": 50}
     assert Counter(s.voice.name for s in training if s.voice.engine == "espeak-ng") == {
         f"v{i}": 5 for i in range(5)}
+    # festival's other-language voices share a quarter, not festival's English voice's
+    assert Counter(s.voice.name for s in training if s.voice.engine == "festival") == {
+        "kal_diphone": 25, "lp_diphone": 13, "czech_ph": 12}
     assert [s.voice.engine for s in specs if s.split == "test"] == ["festival"] * 3
-    assert specs == corpus.plan(train, [Voice("festival", "slt")], 40, 10, test_sentences=3)
+    assert specs == corpus.plan(train, [Voice("festival", "slt")], 80, 20, test_sentences=3)
 
 
 def test_emotions_intensities_and_styles():
@@ -214,23 +220,42 @@ def test_generate_without_model_uses_the_demo_model(tmp_path):
     assert np.load(out)["expression"].shape[1] == 100
 
 
+def _missing_voices() -> list[str]:
+    from server.demo.recipe import missing_voices
+
+    return missing_voices()
+
+
 needs_voices = pytest.mark.skipif(
-    not (shutil.which("espeak-ng") and shutil.which("festival")),
-    reason=f"the demo recipe needs espeak-ng and festival (apt-get install {VOICE_PACKAGES})")
+    bool(_missing_voices()),
+    reason=f"the demo recipe needs its voices (apt-get install {VOICE_PACKAGES})")
 
 
 @needs_voices
 def test_the_held_out_voice_and_its_speaker_never_train():
-    from server.demo.recipe import split_voices
-    from server.demo.voices import voices
+    from server.demo.recipe import FESTIVAL_TRAINING_VOICES, split_voices
 
     train, held_out = split_voices()
-    assert len(held_out) == 1 and held_out[0].engine == "festival"
-    if any("slt" in v.name for v in voices("festival")):
-        assert held_out[0].name == "cmu_us_slt_arctic_hts"
-    assert held_out[0] not in train and not any("slt" in v.name for v in train)
-    # festival's other voices (diphone) train, so its front end is not unseen as well
-    assert set(voices("festival")) - set(held_out) <= set(train)
+    assert held_out == [Voice("festival", "cmu_us_slt_arctic_hts")]
+    assert not any("slt" in v.name for v in train)
+    # festival's named voices train (so its front end is not unseen as well), and no others
+    assert [v.name for v in train if v.engine == "festival"] == list(FESTIVAL_TRAINING_VOICES)
+    assert {v.engine for v in train} == {"espeak-ng", "flite", "festival"}
+
+
+@needs_voices
+def test_a_missing_voice_is_named(monkeypatch):
+    from server.demo import voices
+    from server.demo.recipe import split_voices
+
+    listed = voices.voices
+
+    def without_ked(engine):
+        return [v for v in listed(engine) if v.name != "ked_diphone"]
+
+    monkeypatch.setattr(voices, "voices", without_ked)
+    with pytest.raises(ValueError, match="needs festival voice ked_diphone .*festvox-kdlpc16k"):
+        split_voices()
 
 
 @needs_voices

@@ -6,7 +6,9 @@ Engine tests are skipped when that engine is not installed (espeak-ng, flite, fe
 
 from __future__ import annotations
 
+import re
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,9 +29,9 @@ def _engines():
 
 
 def _first_voice(engine: str) -> tts.Voice:
-    """The first listed voice of an engine."""
-    listed = tts.voices(engine)
-    assert listed, f"{engine} lists no voices"
+    """The first listed English voice of an engine."""
+    listed = [v for v in tts.voices(engine) if v.name not in tts.FESTIVAL_OTHER_LANGUAGE_VOICES]
+    assert listed, f"{engine} lists no English voices"
     return listed[0]
 
 
@@ -65,6 +67,30 @@ def test_mapping_tables_only_produce_common_phones():
     for table in (tts.ESPEAK_TO_ARPABET, tts.ARPABET_ALIASES):
         for symbol, phones in table.items():
             assert set(phones) <= tts.PHONES, symbol
+
+
+def test_other_language_tables_only_produce_common_phones():
+    assert set(tts.FESTIVAL_OTHER_LANGUAGE_VOICES.values()) <= set(tts.FESTIVAL_PHONE_SETS)
+    for name, table in tts.FESTIVAL_PHONE_SETS.items():
+        for symbol, phones in table.items():
+            assert set(phones) <= tts.PHONES, (name, symbol)
+
+
+def test_other_language_symbols_keep_their_case():
+    """In these phone sets "E"/"e", "S"/"s" and "y" mean other sounds than in ARPAbet."""
+    assert tts.normalise_phone("E1", "festival", "italian") == ("eh",)
+    assert tts.normalise_phone("e1", "festival", "italian") == ("ey",)
+    assert tts.normalise_phone("S", "festival", "finnish") == ("sh",)
+    assert tts.normalise_phone("s", "festival", "finnish") == ("s",)
+    assert tts.normalise_phone("y", "festival", "finnish") == ("uw",)
+    assert tts.normalise_phone("a:", "festival", "finnish") == ("aa",)
+    assert tts.normalise_phone("p:", "festival", "finnish") == ("p",)
+    assert tts.normalise_phone("rr", "festival", "upc_catalan-central") == ("d",)
+    assert tts.normalise_phone("_", "festival", "czech") == ()
+    assert tts.normalise_phone("Q", "festival", "czech") == ("k",)
+    assert ("festival (czech)", "Q") in tts.unmapped_symbols()
+    # an unknown phone set reads the symbol as ARPAbet, as before
+    assert tts.normalise_phone("AY1", "festival", "radio") == ("ay",)
 
 
 def test_common_phone_set_is_arpabet_plus_pause():
@@ -181,3 +207,43 @@ def test_espeak_lists_english_variants():
     names = {v.name for v in tts.voices("espeak-ng")}
     assert {"en-us", "en-gb"} <= names
     assert any("+f" in n for n in names) and any("+m" in n for n in names)
+
+
+def _festival_phone_set(voice: str) -> tuple[str, list[str]]:
+    """(phone set name, its symbols) as festival describes them for ``voice``."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        script = Path(tmp) / "phones.scm"
+        script.write_text(
+            f"(voice_{voice})\n"
+            "(format t \"NAME %s\\n\" (car (cdr (car (PhoneSet.description '(name))))))\n"
+            "(mapcar (lambda (p) (format t \"PHONE %s\\n\" (car p)))\n"
+            "        (car (cdr (car (PhoneSet.description '(phones))))))\n")
+        output = tts._run("festival", ["festival", "--batch", str(script)], Path(tmp), 60)
+    return (re.search(r"^NAME (\S+)$", output, flags=re.M).group(1),
+            re.findall(r"^PHONE (\S+)$", output, flags=re.M))
+
+
+OTHER_LANGUAGE_VOICES = [
+    pytest.param(name, marks=pytest.mark.skipif(
+        "festival" not in FOUND or tts.Voice("festival", name) not in tts.voices("festival"),
+        reason=f"festival voice {name} not installed"))
+    for name in tts.FESTIVAL_OTHER_LANGUAGE_VOICES]
+
+
+@pytest.mark.parametrize("name", OTHER_LANGUAGE_VOICES)
+def test_other_language_voices_are_fully_mapped(name):
+    """Every phone of the voice's own phone set has a table entry (none falls back to a class),
+    and the voice speaks the English test sentence with lip closures and a valid timeline."""
+    phone_set, symbols = _festival_phone_set(name)
+    assert phone_set == tts.FESTIVAL_OTHER_LANGUAGE_VOICES[name]
+    assert len(symbols) > 25
+    before = tts.unmapped_symbols()
+    for symbol in symbols:
+        assert set(tts.normalise_phone(symbol, "festival", phone_set)) <= tts.PHONES
+    assert tts.unmapped_symbols() == before, f"unmapped {phone_set} phones"
+    utterance = tts.synthesize(SENTENCE, tts.Voice("festival", name, rate=1.2))
+    _check_timeline(utterance)
+    assert {"p", "b", "m"} <= {p for p, _, _ in utterance.phones}
+    assert tts.unmapped_symbols() == before

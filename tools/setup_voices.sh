@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # The offline voices the demo recipe speaks with (Debian packages): espeak-ng, flite and
-# festival with its US "slt" HTS voice and two diphone voices, plus sox. Installs them when
+# festival with its US "slt" HTS voice, two US diphone voices and seven voices of other
+# languages (server/demo/recipe.py, VOICE_PACKAGES), plus sox. Installs them when
 # missing and this shell may (root with apt-get); otherwise says what to install. Tests that
 # need them skip without them.
 set -uo pipefail
-packages="espeak-ng libespeak-ng1 flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k sox"
+packages="espeak-ng libespeak-ng1 flite festival festvox-us-slt-hts festvox-kallpc16k festvox-kdlpc16k
+festvox-italp16k festvox-itapc16k festvox-ca-ona-hts festvox-suopuhe-lj festvox-suopuhe-mv
+festvox-czech-dita festvox-czech-ph sox"
 # Each package, not just each program: a machine set up before a voice joined the list has
 # festival but not that voice, and the recipe would quietly train without it.
 if command -v dpkg-query >/dev/null; then

@@ -28,7 +28,7 @@ import numpy as np
 from ..audio import FPS, SAMPLES_PER_FRAME
 from ..protocol import EMOTIONS
 from .head import EXPRESSIONS, N_EXPRESSION
-from .voices import PAUSE, PHONES, SAMPLE_RATE, Utterance, Voice, synthesize
+from .voices import PAUSE, PHONES, SAMPLE_RATE, Utterance, Voice, synthesize, voice_group
 
 INTENSITY_SCALE = (0.45, 0.75, 1.0)  # mild, medium, strong
 PHONE_SET = tuple(sorted(PHONES))  # the order of the dataset's per-frame phone labels
@@ -334,16 +334,17 @@ def plan(train_voices: list[Voice], test_voices: list[Voice], n_train: int, n_va
          seed: int = 0, test_sentences: int = len(HELD_OUT_SENTENCES)) -> list[SequenceSpec]:
     """The corpus plan: training and validation sequences from ``train_voices`` with generated
     sentences, and test sequences from ``test_voices`` speaking :data:`HELD_OUT_SENTENCES`
-    (unaugmented, every emotion at medium intensity in turn). Each engine speaks an equal
-    share of the training and validation sequences, shared in turn among its voices: one engine
-    with many variants (espeak-ng) would otherwise drown the others."""
+    (unaugmented, every emotion at medium intensity in turn). Each voice group (an engine;
+    festival's other-language voices apart, see :func:`voice_group`) speaks an equal share of
+    the training and validation sequences, shared in turn among its voices: one engine with many
+    variants (espeak-ng) would otherwise drown the others."""
     rng = np.random.default_rng(seed)
-    engines = sorted({v.engine for v in train_voices})
-    by_engine = {e: [v for v in train_voices if v.engine == e] for e in engines}
+    groups = sorted({voice_group(v) for v in train_voices})
+    by_group = {g: [v for v in train_voices if voice_group(v) == g] for g in groups}
     specs = []
     for i in range(n_train + n_val):
-        own = by_engine[engines[i % len(engines)]]
-        base = own[(i // len(engines)) % len(own)]
+        own = by_group[groups[i % len(groups)]]
+        base = own[(i // len(groups)) % len(own)]
         voice = Voice(base.engine, base.name, rate=float(rng.uniform(0.8, 1.3)),
                       pitch=float(rng.uniform(0.85, 1.4)))
         specs.append(SequenceSpec(

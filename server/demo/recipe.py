@@ -21,14 +21,23 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .voices import FESTIVAL_OTHER_LANGUAGE_VOICES
+
 MODEL_DIR = Path(__file__).resolve().parent / "model"
 SENTENCE_WAV = Path(__file__).resolve().parent / "sentence.wav"
 SENTENCE_TEXT = ("Peter's mother made a lovely apple pudding for supper, and we ate every "
                  "bite!")
 HELD_OUT_ENGINE = "festival"
+HELD_OUT_VOICE = "cmu_us_slt_arctic_hts"
+# festival's training voices: two US English diphone voices, and seven voices of other languages
+# (Italian, Catalan, Finnish, Czech; four of them female) reading the English sentences with
+# their own letter-to-sound rules, for more real speakers. Named, not "all installed", so that
+# another machine's extra voices do not change the corpus.
+FESTIVAL_TRAINING_VOICES = ("kal_diphone", "ked_diphone", *FESTIVAL_OTHER_LANGUAGE_VOICES)
 # The Debian packages of the recipe's voices (tools/setup_voices.sh installs them).
 VOICE_PACKAGES = ("espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k "
-                  "festvox-kdlpc16k")
+                  "festvox-kdlpc16k festvox-italp16k festvox-itapc16k festvox-ca-ona-hts "
+                  "festvox-suopuhe-lj festvox-suopuhe-mv festvox-czech-dita festvox-czech-ph")
 
 # Sizes and schedules. "quick" is for tests: the same code on a toy budget.
 RECIPE: dict[str, Any] = {
@@ -65,24 +74,35 @@ def recipe(quick: bool = False) -> dict[str, Any]:
     return _merge(RECIPE, QUICK) if quick else RECIPE
 
 
-def split_voices() -> tuple[list[Any], list[Any]]:
-    """(training voices, held-out voices). Festival's HTS ``slt`` voice speaks the held-out
-    set; festival's other (diphone) voices train. flite's ``slt`` is left out of training
-    because festival's HTS voice was built from the same speaker."""
+def missing_voices() -> list[str]:
+    """The recipe's engines and festival voices that this machine lacks (empty when ready)."""
     from .voices import available_engines, voices
 
     engines = available_engines()
-    missing = {"espeak-ng", HELD_OUT_ENGINE} - engines
+    missing = sorted({"espeak-ng", "flite", HELD_OUT_ENGINE} - engines)
+    if HELD_OUT_ENGINE in engines:
+        installed = {v.name for v in voices(HELD_OUT_ENGINE)}
+        missing += [f"festival voice {name}" for name in (HELD_OUT_VOICE, *FESTIVAL_TRAINING_VOICES)
+                    if name not in installed]
+    return missing
+
+
+def split_voices() -> tuple[list[Any], list[Any]]:
+    """(training voices, held-out voices). Festival's HTS ``slt`` voice speaks the held-out
+    set; the voices of :data:`FESTIVAL_TRAINING_VOICES` train beside espeak-ng's and flite's.
+    flite's ``slt`` is left out of training because festival's HTS voice was built from the
+    same speaker."""
+    from .voices import voices
+
+    missing = missing_voices()
     if missing:
-        raise ValueError(f"The demo corpus needs {', '.join(sorted(missing))} (Debian: "
-                         f"apt-get install {VOICE_PACKAGES}).")
+        raise ValueError(f"The demo corpus needs {', '.join(missing)} (Debian: apt-get install "
+                         f"{VOICE_PACKAGES}).")
+    festival = {v.name: v for v in voices(HELD_OUT_ENGINE)}
     train = list(voices("espeak-ng"))
-    if "flite" in engines:
-        train += [v for v in voices("flite") if "slt" not in v.name]
-    festival = voices(HELD_OUT_ENGINE)
-    held_out = ([v for v in festival if "slt" in v.name] or festival)[:1]
-    train += [v for v in festival if v not in held_out]
-    return train, held_out
+    train += [v for v in voices("flite") if "slt" not in v.name]
+    train += [festival[name] for name in FESTIVAL_TRAINING_VOICES]
+    return train, [festival[HELD_OUT_VOICE]]
 
 
 def _log(message: str) -> None:

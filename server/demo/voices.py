@@ -120,6 +120,57 @@ ARPABET_ALIASES: dict[str, tuple[str, ...]] = {
     "brth": ("pau",), "#": ("pau",), "_": ("pau",),
 }
 
+# festival's phone sets for other languages, used when one of its non-English voices reads
+# English text through that language's letter-to-sound rules: the audio and its phones still
+# agree, and the corpus gains more real speakers. Symbols are case-sensitive here ("E" and "e",
+# "S" and "s" differ); a trailing stress digit or length mark (":") is ignored. Trills and taps
+# become "d" (English "r" rounds the lips; a trill does not); a glottal stop merges into the phone
+# before it.
+_ROMANCE_VOWELS: dict[str, tuple[str, ...]] = {
+    "a": ("aa",), "e": ("ey",), "E": ("eh",), "i": ("iy",), "o": ("ow",), "O": ("ao",),
+    "u": ("uw",), "j": ("y",), "w": ("w",),
+}
+FESTIVAL_PHONE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
+    "italian": _ROMANCE_VOWELS | {
+        "S": ("sh",), "Z": ("zh",), "ts": ("t", "s"), "tS": ("ch",), "dz": ("d", "z"),
+        "dZ": ("jh",), "J": ("n",), "ng": ("ng",), "nf": ("f",), "L": ("l",), "r": ("d",),
+        "#": ("pau",),
+    },
+    "upc_catalan-central": _ROMANCE_VOWELS | {
+        "ax": ("ah",), "S": ("sh",), "Z": ("zh",), "J": ("n",), "L": ("l",), "r": ("d",),
+        "rr": ("d",), "_": ("pau",), "#": ("pau",),
+    },
+    "czech": {
+        "a": ("aa",), "e": ("eh",), "i": ("ih",), "i:": ("iy",), "o": ("ow",), "u": ("uw",),
+        "c": ("t", "s"), "c~": ("ch",), "ch": ("hh",), "d~": ("d",), "t~": ("t",),
+        "dz": ("d", "z"), "dz~": ("jh",), "h": ("hh",), "j": ("y",), "n*": ("ng",),
+        "n~": ("n",), "r": ("d",), "r~": ("zh",), "r~*": ("sh",), "s~": ("sh",),
+        "z~": ("zh",), "_": (), "#": ("pau",),
+    },
+    "finnish": {
+        "a": ("aa",), "e": ("eh",), "i": ("iy",), "o": ("ow",), "u": ("uw",), "y": ("uw",),
+        "@": ("ae",), "7": ("uh",), "&": ("ao",), "T": ("th",), "D": ("dh",), "S": ("sh",),
+        "Z": ("zh",), "h": ("hh",), "N": ("ng",), "L": ("l",), "r": ("d",), "j": ("y",),
+        "##": ("pau",), "#": ("pau",),
+    },
+}
+
+# festival's voices of other languages that the tables above cover: voice -> its phone set.
+FESTIVAL_OTHER_LANGUAGE_VOICES: dict[str, str] = {
+    "lp_diphone": "italian", "pc_diphone": "italian", "upc_ca_ona_hts": "upc_catalan-central",
+    "suo_fi_lj_diphone": "finnish", "hy_fi_mv_diphone": "finnish", "czech_dita": "czech",
+    "czech_ph": "czech",
+}
+
+
+def voice_group(voice: Voice) -> str:
+    """The group a voice shares a corpus with: its engine, with festival's other-language voices
+    a group of their own."""
+    if voice.engine == "festival" and voice.name in FESTIVAL_OTHER_LANGUAGE_VOICES:
+        return "festival (other languages)"
+    return voice.engine
+
+
 _CONSONANT_LETTERS = {c: c for c in "bdfgklmnprstvwz"} | {
     "c": "k", "q": "k", "x": "hh", "h": "hh", "j": "y",
 }
@@ -143,8 +194,19 @@ def _nearest_phone(symbol: str) -> tuple[str, ...]:
     return (_CONSONANT_LETTERS.get(letters[0].lower(), "ah"),)
 
 
-def normalise_phone(symbol: str, engine: str) -> tuple[str, ...]:
-    """Common phones for one engine symbol; never raises, and counts symbols with no entry."""
+def normalise_phone(symbol: str, engine: str, phone_set: str | None = None) -> tuple[str, ...]:
+    """Common phones for one engine symbol; never raises, and counts symbols with no entry.
+    ``phone_set`` names the festival phone set when it is one of :data:`FESTIVAL_PHONE_SETS`
+    (other languages); otherwise the symbol is read as ARPAbet (festival's radio, flite's CMU)."""
+    if engine == "festival" and phone_set in FESTIVAL_PHONE_SETS:
+        table = FESTIVAL_PHONE_SETS[phone_set]
+        for key in (symbol, re.sub(r"(?<=.)[0-9:]$", "", symbol)):
+            if key in table:
+                return table[key]
+            if key in PHONES and key != "y":
+                return (key,)
+        _UNMAPPED[(f"festival ({phone_set})", symbol)] += 1
+        return _nearest_phone(symbol.lower())
     if engine == "espeak-ng":
         table = ESPEAK_TO_ARPABET
         key = symbol
@@ -163,11 +225,11 @@ def normalise_phone(symbol: str, engine: str) -> tuple[str, ...]:
 
 
 def _timeline(symbols: list[str], bounds: list[tuple[float, float]], duration: float,
-              engine: str) -> list[tuple[str, float, float]]:
+              engine: str, phone_set: str | None = None) -> list[tuple[str, float, float]]:
     """Normalised, clipped, gap-free phone list from engine symbols and their (start, end)."""
     spans: list[list] = []
     for symbol, (start, end) in zip(symbols, bounds, strict=True):
-        phones = normalise_phone(symbol, engine)
+        phones = normalise_phone(symbol, engine, phone_set)
         if not phones:
             if spans:
                 spans[-1][2] = max(spans[-1][2], end)
@@ -210,12 +272,12 @@ def _from_starts(events: list[tuple[str, float]], duration: float,
 
 
 def _from_ends(events: list[tuple[str, float]], duration: float,
-               engine: str) -> list[tuple[str, float, float]]:
+               engine: str, phone_set: str | None = None) -> list[tuple[str, float, float]]:
     """Phone list from (symbol, end) events: each phone starts where the previous one ended."""
     ends = [t for _, t in events]
     starts = [0.0] + ends[:-1]
     return _timeline([s for s, _ in events], list(zip(starts, ends, strict=True)),
-                     duration, engine)
+                     duration, engine, phone_set)
 
 
 # --------------------------------------------------------------------------------------------
@@ -514,13 +576,15 @@ def _run_to_wave(engine: str, command: list[str], wave: Path, text: str, voice: 
 
 
 def _utterance_from_ends(engine: str, events: list[tuple[str, float]], output: str,
-                         audio: np.ndarray, text: str, voice: Voice) -> Utterance:
+                         audio: np.ndarray, text: str, voice: Voice,
+                         phone_set: str | None = None) -> Utterance:
     """The utterance from a synthesiser's (symbol, end time) events."""
     if not events:
         raise RuntimeError(f"{engine} printed no segments for voice {voice.name!r}: "
                            f"{output[-500:]!r}")
     duration = len(audio) / SAMPLE_RATE
-    return Utterance(audio, _fit(_from_ends(events, duration, engine), duration), text, voice)
+    phones = _from_ends(events, duration, engine, phone_set)
+    return Utterance(audio, _fit(phones, duration), text, voice)
 
 
 def _offset_restarts(events: list[tuple[str, float]]) -> list[tuple[str, float]]:
@@ -546,6 +610,7 @@ _FESTIVAL_SCRIPT = """\
 (set! utt (Utterance Text "{text}"))
 (utt.synth utt)
 (utt.save.wave utt "{wave}" 'riff)
+(format t "PHONESET %s\\n" (car (cdr (car (PhoneSet.description '(name))))))
 (mapcar (lambda (s) (format t "SEG %s %f\\n" (item.name s) (item.feat s "end")))
         (utt.relation.items utt 'Segment))
 """
@@ -583,7 +648,9 @@ def _festival_synthesize(text: str, voice: Voice) -> Utterance:
         audio, output = _run_to_wave("festival", ["festival", "--batch", str(script)], wave,
                                      text, voice)
     events = [(s, float(t)) for s, t in re.findall(r"^SEG (\S+) (\S+)$", output, flags=re.M)]
-    return _utterance_from_ends("festival", events, output, audio, text, voice)
+    phone_set = re.search(r"^PHONESET (\S+)$", output, flags=re.M)
+    return _utterance_from_ends("festival", events, output, audio, text, voice,
+                                phone_set.group(1) if phone_set else None)
 
 
 # --------------------------------------------------------------------------------------------
