@@ -200,7 +200,7 @@ def test_the_built_in_demo_model_follows_held_out_speech():
     target, _ = corpus.articulation([tuple(p) for p in meta["phones"]], clip.frames,
                                     corpus.STYLES[0])
     for take in (happy, sad):
-        assert np.corrcoef(take.jaw[:, 0], target)[0, 1] > 0.7  # measured 0.78 and 0.78
+        assert np.corrcoef(take.jaw[:, 0], target)[0, 1] > 0.7  # measured 0.76 and 0.75
     corner = EXPRESSIONS.index("mouth corners up")
     brow = EXPRESSIONS.index("brow inner up")
     assert happy.expression[:, corner].mean() > sad.expression[:, corner].mean() + 0.5
