@@ -82,8 +82,8 @@ def missing_voices() -> list[str]:
     missing = sorted({"espeak-ng", "flite", HELD_OUT_ENGINE} - engines)
     if HELD_OUT_ENGINE in engines:
         installed = {v.name for v in voices(HELD_OUT_ENGINE)}
-        missing += [f"festival voice {name}" for name in (HELD_OUT_VOICE, *FESTIVAL_TRAINING_VOICES)
-                    if name not in installed]
+        needed = (HELD_OUT_VOICE, *FESTIVAL_TRAINING_VOICES)
+        missing += [f"festival voice {name}" for name in needed if name not in installed]
     return missing
 
 

@@ -8,10 +8,11 @@ Three engines are supported when installed on the system:
 * ``flite`` through its command line: ``-psdur`` prints every segment with its end time while
   ``-o`` writes the wave of the same single utterance.
 * ``festival`` through a Scheme script run with ``festival --batch``: it synthesises, writes the
-  wave and prints the Segment relation with end times.
+  wave and prints its phone set's name and the Segment relation with end times.
 
 Every engine's phones are mapped to one phone set, lowercase ARPAbet without stress digits plus
-``pau`` for silence (see :data:`PHONES`). Symbols missing from the tables are mapped to the
+``pau`` for silence (see :data:`PHONES`); festival's voices of other languages through a table per
+phone set (:data:`FESTIVAL_PHONE_SETS`). Symbols missing from the tables are mapped to the
 nearest sensible class and counted; :func:`unmapped_symbols` reports them.
 
 Speaking rate and pitch: espeak-ng applies both natively. flite stretches durations natively;
@@ -126,17 +127,17 @@ ARPABET_ALIASES: dict[str, tuple[str, ...]] = {
 # "S" and "s" differ); a trailing stress digit or length mark (":") is ignored. Trills and taps
 # become "d" (English "r" rounds the lips; a trill does not); a glottal stop merges into the phone
 # before it.
-_ROMANCE_VOWELS: dict[str, tuple[str, ...]] = {
+_ROMANCE_VOWELS_AND_GLIDES: dict[str, tuple[str, ...]] = {
     "a": ("aa",), "e": ("ey",), "E": ("eh",), "i": ("iy",), "o": ("ow",), "O": ("ao",),
     "u": ("uw",), "j": ("y",), "w": ("w",),
 }
 FESTIVAL_PHONE_SETS: dict[str, dict[str, tuple[str, ...]]] = {
-    "italian": _ROMANCE_VOWELS | {
+    "italian": _ROMANCE_VOWELS_AND_GLIDES | {
         "S": ("sh",), "Z": ("zh",), "ts": ("t", "s"), "tS": ("ch",), "dz": ("d", "z"),
         "dZ": ("jh",), "J": ("n",), "ng": ("ng",), "nf": ("f",), "L": ("l",), "r": ("d",),
         "#": ("pau",),
     },
-    "upc_catalan-central": _ROMANCE_VOWELS | {
+    "upc_catalan-central": _ROMANCE_VOWELS_AND_GLIDES | {
         "ax": ("ah",), "S": ("sh",), "Z": ("zh",), "J": ("n",), "L": ("l",), "r": ("d",),
         "rr": ("d",), "_": ("pau",), "#": ("pau",),
     },
@@ -203,6 +204,8 @@ def normalise_phone(symbol: str, engine: str, phone_set: str | None = None) -> t
         for key in (symbol, re.sub(r"(?<=.)[0-9:]$", "", symbol)):
             if key in table:
                 return table[key]
+            # a symbol spelt like one of our phones means that phone (p, m, sh …), except
+            # "y", a vowel where these languages have it
             if key in PHONES and key != "y":
                 return (key,)
         _UNMAPPED[(f"festival ({phone_set})", symbol)] += 1
