@@ -77,7 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
                                       "head (FLAME layout) into OUT; 'retrain' rebuilds the "
                                       "synthetic corpus, trains FLINT and stage 1, reports "
                                       "held-out metrics and installs the bundle as the demo "
-                                      "model (needs espeak-ng, flite and festival).")
+                                      "model (needs espeak-ng, flite, festival and ten of "
+                                      "its voices: bash tools/setup_voices.sh).")
     demo.add_argument("action", choices=("head", "retrain"))
     demo.add_argument("out", type=Path, nargs="?", default=Path("out/demo-train"),
                       help="head: folder to write; retrain: work folder (default: "

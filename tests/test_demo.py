@@ -12,7 +12,7 @@ import torch
 
 from server.demo import corpus
 from server.demo.head import EXPRESSIONS, MOUTH_Y, build_demo_head, write_demo_head
-from server.demo.recipe import VOICE_PACKAGES
+from server.demo.recipe import VOICE_PACKAGES, missing_voices
 from server.demo.voices import Voice
 from server.flame import FlameModel, load_flame_file
 from server.train.geometry import FlameVertices, masked_vertex_mse
@@ -154,8 +154,6 @@ def test_frame_phones_label_each_frame_centre():
 def test_the_plan_gives_each_voice_group_an_equal_share():
     from collections import Counter
 
-    from server.demo.voices import Voice
-
     train = [Voice("espeak-ng", f"v{i}") for i in range(5)] + [Voice("flite", "kal16")] + [
         Voice("festival", "kal_diphone"), Voice("festival", "lp_diphone"),
         Voice("festival", "czech_ph")]
@@ -220,14 +218,8 @@ def test_generate_without_model_uses_the_demo_model(tmp_path):
     assert np.load(out)["expression"].shape[1] == 100
 
 
-def _missing_voices() -> list[str]:
-    from server.demo.recipe import missing_voices
-
-    return missing_voices()
-
-
 needs_voices = pytest.mark.skipif(
-    bool(_missing_voices()),
+    bool(missing_voices()),
     reason=f"the demo recipe needs its voices (apt-get install {VOICE_PACKAGES})")
 
 
