@@ -218,6 +218,22 @@ def test_generate_without_model_uses_the_demo_model(tmp_path):
     assert np.load(out)["expression"].shape[1] == 100
 
 
+def test_the_voice_packages_are_listed_alike_everywhere():
+    """The recipe's Debian packages, tools/setup_voices.sh (which installs them) and the README's
+    retrain instructions name the same voices: a voice added to one list only would leave a new
+    machine without it or the README wrong."""
+    import re
+
+    script = (ROOT / "tools" / "setup_voices.sh").read_text()
+    listed = re.search(r'packages="([^"]*)"', script).group(1).split()
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    retrain = re.search(r"\*\*Retrain it\*\* with one command \(needs `apt-get install ([^`]*)`",
+                        readme).group(1).split()
+    recipe = VOICE_PACKAGES.split()
+    assert sorted(set(listed) - {"libespeak-ng1", "sox"}) == sorted(recipe)
+    assert sorted(set(retrain) - {"sox"}) == sorted(recipe)
+
+
 needs_voices = pytest.mark.skipif(
     bool(missing_voices()),
     reason=f"the demo recipe needs its voices (apt-get install {VOICE_PACKAGES})")
