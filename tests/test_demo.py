@@ -198,13 +198,13 @@ def test_the_built_in_demo_model_follows_held_out_speech():
     target, _ = corpus.articulation([tuple(p) for p in meta["phones"]], clip.frames,
                                     corpus.STYLES[0])
     for take in (happy, sad):
-        assert np.corrcoef(take.jaw[:, 0], target)[0, 1] > 0.7  # measured 0.76 and 0.75
+        assert np.corrcoef(take.jaw[:, 0], target)[0, 1] > 0.7  # measured 0.81 and 0.80
     corner = EXPRESSIONS.index("mouth corners up")
     brow = EXPRESSIONS.index("brow inner up")
     assert happy.expression[:, corner].mean() > sad.expression[:, corner].mean() + 0.5
     assert sad.expression[:, brow].mean() > happy.expression[:, brow].mean() + 0.3
     recorded = json.loads((MODEL_DIR / "metrics.json").read_text())
-    assert recorded["jaw_opening_correlation"] >= 0.6 and recorded["lip_error_ratio"] < 1.0
+    assert recorded["jaw_opening_correlation"] >= 0.6 and recorded["lip_error_ratio"] <= 0.5
     assert min(e["jaw_opening_correlation"]
                for e in recorded["per_emotion_strong"].values()) >= 0.6
 

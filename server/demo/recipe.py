@@ -42,7 +42,7 @@ VOICE_PACKAGES = ("espeak-ng flite festival festvox-us-slt-hts festvox-kallpc16k
 # Sizes and schedules. "quick" is for tests: the same code on a toy budget.
 RECIPE: dict[str, Any] = {
     "seed": 0,
-    "corpus": {"train": 4000, "val": 40, "test_sentences": 12},
+    "corpus": {"train": 10000, "val": 40, "test_sentences": 12},
     "flint": {"flint": {"feature_dim": 64, "latent_dim": 64, "dim_feedforward": 128,
                         "n_heads": 4},
               "max_steps": 8000, "batch_size": 16, "lr": 1e-3, "lr_schedule": "cosine",
