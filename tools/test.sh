@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need (.venv for the worker, one bpy venv per Blender version, the demo
 # recipe's voices from Debian packages where it may), then
-# runs the worker tests and the add-on tests in real Blender 4.2, 4.5 and 5.0.
+# runs the worker tests and the add-on tests in real Blender 4.2, 4.5, 5.0 and 5.3.
 # EMOTE_BLENDER_VERSIONS="50" limits the Blender versions; extra arguments go to every pytest.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -25,7 +25,7 @@ run() {
     [ "$rc" -eq 0 ] || status=1
 }
 run "worker (server/)" .venv/bin/python -m pytest tests --ignore=tests/blender "$@"
-for version in ${EMOTE_BLENDER_VERSIONS:-42 45 50}; do
+for version in ${EMOTE_BLENDER_VERSIONS:-42 45 50 53}; do
     run "add-on in Blender ${version:0:1}.${version:1}" \
         ".venv-bpy$version/bin/python" -m pytest tests/blender "$@"
 done
