@@ -6,54 +6,17 @@ expression and jaw. Attribute names follow the official checkpoint keys (``audio
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..protocol import EMOTIONS, INTENSITIES, MEAD_STYLES
+from ..config import EmoteConfig, FlintConfig
+from ..protocol import MEAD_STYLES
 from .attention import BiasedTransformerEncoder
-from .flint import FlintConfig, FlintDecoder, check_config_keys, check_config_types
+from .flint import FlintDecoder
 from .wav2vec2 import AudioEncoder
 
-
-@dataclass
-class EmoteConfig:
-    wav2vec2: dict[str, Any] = field(default_factory=dict)  # Wav2Vec2Config overrides
-    feature_dim: int = 128  # audio projection and style embedding; the transformer is 2×
-    n_heads: int = 8
-    num_layers: int = 1
-    dim_feedforward: int = 256
-    dropout: float = 0.25
-    period: int = 30  # the regressor's bias grows by one slope every 30 frames
-    style_bias: bool = True
-    emotions: list[str] = field(default_factory=lambda: list(EMOTIONS))
-    intensities: list[str] = field(default_factory=lambda: list(INTENSITIES))
-    styles: list[str] = field(default_factory=lambda: list(MEAD_STYLES))
-    flint: FlintConfig = field(default_factory=FlintConfig)
-
-    def __post_init__(self) -> None:
-        check_config_types(self, "EMOTE")
-
-    @property
-    def condition_dim(self) -> int:
-        return len(self.emotions) + len(self.intensities) + len(self.styles)
-
-    @property
-    def n_expression(self) -> int:
-        return self.flint.input_dim - 3
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EmoteConfig:
-        data = dict(data)
-        flint = FlintConfig.from_dict(data.pop("flint", {}))
-        check_config_keys(cls, data, "EMOTE")
-        return cls(flint=flint, **data)
+__all__ = ["MEAD_STYLES", "EmoteConfig", "EmoteModel", "FlintConfig"]
 
 
 class SequenceEncoder(nn.Module):

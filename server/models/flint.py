@@ -5,72 +5,14 @@
 
 from __future__ import annotations
 
-import numbers
-from dataclasses import asdict, dataclass, fields
-from typing import Any
-
 import torch
 from torch import nn
 
+from ..config import FlintConfig, check_config_keys, check_config_types
 from .attention import BiasedTransformerEncoder
 
-_KINDS = {"int": "a whole number", "float": "a number", "bool": "true or false",
-          "list[str]": "a list of names", "dict[str, Any]": "a mapping"}
-
-
-def check_config_keys(cls: type, data: dict[str, Any], what: str) -> None:
-    """Raise a ValueError listing the keys of ``data`` that the config dataclass ``cls`` lacks."""
-    unknown = sorted(set(data) - set(cls.__dataclass_fields__))
-    if unknown:
-        raise ValueError(f"Unknown {what} config keys: {', '.join(unknown)}")
-
-
-def check_config_types(config: Any, what: str) -> None:
-    """Raise a ValueError naming the key when a config value has the wrong type (a quoted number
-    in YAML, a list for a number, …), before it fails deep inside torch. Whole numbers are
-    accepted where a number is expected and stored as floats."""
-    for f in fields(config):
-        value, kind = getattr(config, f.name), str(f.type)
-        if kind not in _KINDS:
-            continue
-        number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        ok = {"int": number and isinstance(value, numbers.Integral),
-              "float": number,
-              "bool": isinstance(value, bool),
-              "list[str]": isinstance(value, list) and all(isinstance(v, str) for v in value),
-              "dict[str, Any]": isinstance(value, dict)}[kind]
-        if not ok:
-            raise ValueError(f"{what} config '{f.name}' must be {_KINDS[kind]}, got "
-                             f"{value!r}.")
-        if kind in ("int", "float"):
-            setattr(config, f.name, int(value) if kind == "int" else float(value))
-
-
-@dataclass
-class FlintConfig:
-    input_dim: int = 103  # 100 expression + 3 jaw axis-angle, raw
-    feature_dim: int = 128
-    latent_dim: int = 128
-    quant_factor: int = 3  # one latent per 2**3 = 8 frames
-    n_heads: int = 8
-    dim_feedforward: int = 384
-    num_layers: int = 1
-    smooth_kernel: int = 5
-
-    def __post_init__(self) -> None:
-        check_config_types(self, "FLINT")
-
-    @property
-    def frames_per_latent(self) -> int:
-        return 2 ** self.quant_factor
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> FlintConfig:
-        check_config_keys(cls, data, "FLINT")
-        return cls(**data)
+__all__ = ["Flint", "FlintConfig", "FlintDecoder", "FlintEncoder", "check_config_keys",
+           "check_config_types"]
 
 
 def _conv_block(in_dim: int, out_dim: int, stride: int = 1, pool: bool = False) -> nn.Sequential:
