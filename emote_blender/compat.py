@@ -1,7 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Every difference between Blender 4.2, 4.5 and 5.0 that the add-on meets, in one place.
+"""Every difference between Blender 4.2, 4.5, 5.0 and 5.3 that the add-on meets, in one place.
 
 - Sequencer: 4.2 has ``sequences``/``sequences_all``; 4.4–4.5 both; 5.0 only ``strips``.
+- Strip timing: 5.3 names it ``content_start``/``left_handle``/``right_handle`` and warns that
+  ``frame_start``/``frame_final_start``/``frame_final_end`` go in 6.0.
 - Actions: 4.4 introduced slotted actions (layers → strips → channel bags → F-curves); 5.0
   removed ``action.fcurves``. A slot is only used when ``AnimData.action_slot`` points at it.
 """
@@ -45,6 +47,33 @@ def new_sound_strip(scene: Any, name: str, filepath: str, channel: int, frame_st
 
 def is_sound_strip(strip: Any) -> bool:
     return getattr(strip, "type", None) == "SOUND"
+
+
+# Measured on 5.3.0 with a 100-frame sound strip placed at frame 10, its handles trimmed by 7
+# and 5 frames: content_start 10.0 = frame_start, left_handle 17 = frame_final_start,
+# right_handle 105 = frame_final_end, left_handle_offset 7.0 = frame_offset_start; moved to 30
+# they read 30.0, 37, 125 like the old names. content_trim_start/end are something else (the
+# source itself trimmed, frames held) and stay 0 under handle trims. sound_offset is unchanged.
+
+def strip_content_start(strip: Any) -> float:
+    """The scene frame where the strip's source starts (file time 0, before sound_offset)."""
+    if hasattr(strip, "content_start"):
+        return strip.content_start
+    return strip.frame_start
+
+
+def strip_first_frame(strip: Any) -> int:
+    """The first scene frame the strip plays (its left handle)."""
+    if hasattr(strip, "left_handle"):
+        return strip.left_handle
+    return strip.frame_final_start
+
+
+def strip_end_frame(strip: Any) -> int:
+    """One past the last scene frame the strip plays (its right handle)."""
+    if hasattr(strip, "right_handle"):
+        return strip.right_handle
+    return strip.frame_final_end
 
 
 # -- actions -----------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ class AudioRequest:
     start: float  # seconds into the file
     end: float
     strip_name: str
-    strip_start: float  # strip.frame_start (where file time 0 would be, before sound_offset)
+    strip_start: float  # content start: where file time 0 would play, before sound_offset
     frame_start: int  # first scene frame the strip plays
     frame_end: int  # one past the last
     fps: float
@@ -57,7 +57,7 @@ def find_sound_strip(context: Any, name: str = "") -> Any:
     if active is not None and compat.is_sound_strip(active):
         return active
     selected = sorted((s for s in strips if compat.is_sound_strip(s) and s.select),
-                      key=lambda s: (s.frame_final_start, s.channel))
+                      key=lambda s: (compat.strip_first_frame(s), s.channel))
     if selected:
         return selected[0]
     raise StripError("No sound strip is selected. Add the dialogue to the Video Sequencer and "
@@ -71,8 +71,10 @@ def audio_request(scene: Any, strip: Any) -> AudioRequest:
         raise StripError(f"The strip '{strip.name}' has no sound data.")
     fps = scene.render.fps / scene.render.fps_base
     offset = float(getattr(strip, "sound_offset", 0.0))  # 4.4+: delays the sound
-    start = (strip.frame_final_start - strip.frame_start) / fps - offset
-    end = (strip.frame_final_end - strip.frame_start) / fps - offset
+    content_start = compat.strip_content_start(strip)
+    first_frame, end_frame = compat.strip_first_frame(strip), compat.strip_end_frame(strip)
+    start = (first_frame - content_start) / fps - offset
+    end = (end_frame - content_start) / fps - offset
     if end <= max(start, 0.0):
         raise StripError(f"The strip '{strip.name}' plays no audio (its range is empty).")
     temporary = False
@@ -89,7 +91,6 @@ def audio_request(scene: Any, strip: Any) -> AudioRequest:
             raise StripError(f"The sound file of strip '{strip.name}' is missing: '{path}'. "
                              "Relocate it (File ▸ External Data ▸ Find Missing Files).")
     return AudioRequest(path=path, start=max(start, 0.0), end=end, strip_name=strip.name,
-                        strip_start=float(strip.frame_start),
-                        frame_start=int(strip.frame_final_start),
-                        frame_end=int(strip.frame_final_end), fps=fps, sound_offset=offset,
+                        strip_start=float(content_start), frame_start=int(first_frame),
+                        frame_end=int(end_frame), fps=fps, sound_offset=offset,
                         temporary=temporary)
