@@ -441,6 +441,7 @@ _SAFETENSORS_TYPES = {
     "F64": _ELEMENTS["float64"], "F32": _ELEMENTS["float32"], "F16": _ELEMENTS["float16"],
     "BF16": _ELEMENTS["bfloat16"], "I64": _ELEMENTS["int64"], "I32": _ELEMENTS["int32"],
     "I16": _ELEMENTS["int16"], "I8": _ELEMENTS["int8"], "U8": _ELEMENTS["uint8"],
+    "U16": _ELEMENTS["uint16"], "U32": _ELEMENTS["uint32"], "U64": _ELEMENTS["uint64"],
     "BOOL": Element("bool", "u1"),  # read as bytes, then compared with 0
 }
 _HEADER_LIMIT = 100_000_000  # the safetensors format's own limit
@@ -490,7 +491,7 @@ def _safetensors_layout(f: BinaryIO, path: Path) -> _Layout:
         if dtype not in _SAFETENSORS_TYPES:
             raise ValueError(f"'{path}': the tensor '{name}' has the type {dtype!r:.20}, which "
                              "is not supported (F32, F64, F16, BF16, I64, I32, I16, I8, U8, "
-                             "BOOL).")
+                             "U16, U32, U64, BOOL).")
         if not isinstance(shape, list) or not all(
                 type(n) is int and n >= 0 for n in shape):
             raise ValueError(f"{where} has the impossible shape {shape!r:.80}.")
