@@ -58,9 +58,11 @@ class Channels:
 def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: Placement,
                   controls: motion.Controls, flame_frame: tuple[np.ndarray, float]) -> Channels:
     """Everything to key, at every scene frame the strip plays (shifted by the offset)."""
-    share = lower_face_share(rig)
-    expression, jaw = motion.apply_controls(expression, jaw, controls,
-                                            share if len(share) else None)
+    # Coefficients beyond the rig's keys count as lower face (np.resize would repeat them).
+    share = np.ones(expression.shape[1])
+    measured = lower_face_share(rig)[:len(share)]
+    share[:len(measured)] = measured
+    expression, jaw = motion.apply_controls(expression, jaw, controls, share)
     frames = np.arange(placement.frame_start, placement.frame_end, dtype=np.float64)
     positions = motion.sample_positions(frames, placement.strip_start, placement.fps,
                                         placement.sound_offset, placement.audio_start)
@@ -76,7 +78,10 @@ def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: 
         rot_bone = motion.flame_to_bone(axis_angle_to_matrix(jaw), rest, c)
         pose_bone = rig.armature.pose.bones[rig.jaw_bone]
         rotation, path = _rotation_channel(pose_bone, rot_bone)
-        offsets = motion.jaw_pivot_offsets(jaw, expression, jaw_joint_basis(rig))
+        n = min(len(rig.expression_keys), expression.shape[1])
+        shown = np.zeros(expression.shape[1])  # the pivot moves with the keys the rig has
+        shown[:n] = [name is not None for name in rig.expression_keys[:n]]
+        offsets = motion.jaw_pivot_offsets(jaw, expression * shown, jaw_joint_basis(rig))
         if offsets is not None:
             location = scale * (offsets @ c.T) @ rest  # FLAME → armature → bone rest frame
     return Channels(frames=frames, expression=expression, correctives=correctives,
@@ -138,6 +143,8 @@ def write_channels(rig: Rig, channels: Channels, shape_action: Any,
     n = min(len(rig.expression_keys), channels.expression.shape[1])
     clipped = 0
     for k in range(n):
+        if rig.expression_keys[k] is None:
+            continue  # the rig lacks this key (the report names it)
         values = channels.expression[:, k]
         clipped += int(np.count_nonzero(np.abs(values) > SLIDER_LIMIT))
         _widen_slider(blocks[rig.expression_keys[k]], values)

@@ -31,7 +31,7 @@ class Rig:
     mesh: Any
     armature: Any | None
     convention: str
-    expression_keys: list[str]  # index k → shape key name for expression coefficient k
+    expression_keys: list[str | None]  # index k → key of coefficient k (None: missing)
     corrective_keys: list[str | None]  # the jaw's 9 correctives, None where missing
     jaw_bone: str | None
     notes: list[str] = field(default_factory=list)
@@ -49,12 +49,41 @@ def pose_key_name(convention: str, i: int) -> str:
     return f"Pose{i:03d}" if convention == SMPLX else f"Pose{i + 1}"
 
 
-def detect_convention(names: list[str]) -> str | None:
-    if any(_SMPLX_EXP.match(n) for n in names):
-        return SMPLX
-    if any(_OFFICIAL_EXP.match(n) for n in names):
-        return OFFICIAL
-    return None
+def detect_convention(names: list[str], n_expression: int = 100) -> str | None:
+    """The convention that names the most of the model's expression keys in ``names`` (a stray
+    ``Exp000`` on an ``Exp1…Exp100`` rig does not switch it); None when neither names any."""
+    present = set(names)
+    counts = {convention: sum(expression_key_name(convention, k) in present
+                              for k in range(n_expression)) for convention in (OFFICIAL, SMPLX)}
+    best = max((OFFICIAL, SMPLX), key=lambda c: counts[c])  # a tie keeps the official naming
+    return best if counts[best] else None
+
+
+def stray_expression_keys(names: list[str], convention: str) -> list[str]:
+    """Keys named like the other convention's expression keys, which this rig ignores."""
+    if convention == OFFICIAL:
+        return [n for n in names if _SMPLX_EXP.match(n)]
+    # Exp100 and up read as SMPL-X's own later coefficients; Exp1…Exp99 cannot.
+    return [n for n in names if (m := _OFFICIAL_EXP.match(n)) and int(m.group(1)) < 100]
+
+
+def expression_names(pattern: str, n_expression: int) -> list[str]:
+    """The key names of a user pattern such as ``Expr_{n:02d}``, or one sentence on why the
+    pattern cannot be used."""
+    problem = ("The expression-key pattern '{}' cannot be used: write {{n}} (from 1) or {{i}} "
+               "(from 0) where the number goes, e.g. Expr_{{n:02d}}.")
+    try:
+        names = [pattern.format(i=k, n=k + 1) for k in range(n_expression)]
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError):
+        raise RigError(problem.format(pattern)) from None
+    if len(set(names)) < len(names):
+        raise RigError(problem.format(pattern))
+    return names
+
+
+def _listed(names: list[str], most: int = 5) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def _armature_of(mesh: Any) -> Any | None:
@@ -94,24 +123,32 @@ def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> R
         raise RigError("Select the FLAME head mesh (or its armature).")
     keys = mesh.data.shape_keys
     names = [k.name for k in keys.key_blocks] if keys else []
-    convention = detect_convention(names) or OFFICIAL
+    convention = detect_convention(names, n_expression) or OFFICIAL
     if exp_pattern:
-        wanted = [exp_pattern.format(i=k, n=k + 1) for k in range(n_expression)]
+        wanted = expression_names(exp_pattern, n_expression)
     else:
         wanted = [expression_key_name(convention, k) for k in range(n_expression)]
     present = set(names)
-    expression = []
-    for name in wanted:
-        if name not in present:
-            break
-        expression.append(name)
+    expression: list[str | None] = [name if name in present else None for name in wanted]
+    while expression and expression[-1] is None:
+        expression.pop()
     if not expression:
         raise RigError(f"'{mesh.name}' has no FLAME expression shape keys (Exp1… or Exp000…). "
                        "Use a head made by the FLAME add-on or 'Create FLAME Head'.")
     notes = []
+    missing = [wanted[k] for k, name in enumerate(expression) if name is None]
+    used = len(expression) - len(missing)
+    if missing:
+        notes.append(f"The rig lacks the expression keys {_listed(missing)}; the other {used} "
+                     "are used at their own coefficients.")
     if len(expression) < n_expression:
-        notes.append(f"The rig has {len(expression)} expression keys; the first "
-                     f"{len(expression)} of the model's {n_expression} are used.")
+        notes.append(f"The rig has {used} expression keys; the first {len(expression)} of the "
+                     f"model's {n_expression} coefficients are used.")
+    stray = [] if exp_pattern else stray_expression_keys(names, convention)
+    if stray:
+        example = expression_key_name(convention, 0)
+        notes.append(f"The keys {_listed(stray)} do not follow this rig's {example}… naming and "
+                     "are ignored.")
     correctives = [pose_key_name(convention, i) if pose_key_name(convention, i) in present
                    else None for i in JAW_CORRECTIVES]
     armature = _armature_of(mesh)
@@ -215,6 +252,8 @@ def lower_face_share(rig: Rig) -> np.ndarray:
     basis = basis.reshape(-1, 3)
     displacement = np.zeros((len(rig.expression_keys), n, 3))
     for k, name in enumerate(rig.expression_keys):
+        if name is None:
+            continue  # no motion: counted as lower face, and never keyed
         co = np.zeros(n * 3)
         blocks[name].data.foreach_get("co", co)
         displacement[k] = co.reshape(-1, 3) - basis
