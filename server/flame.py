@@ -10,6 +10,7 @@ without asking the user for smplx's directory layout.
 
 from __future__ import annotations
 
+import io
 import pickle
 import tempfile
 from dataclasses import dataclass, field
@@ -19,12 +20,14 @@ from typing import Any
 import numpy as np
 
 from .safe_pickle import (
+    FileReadError,
     ForeignObject,
     ForeignPickler,
     Stub,
     UnsafeFileError,
     load_pickle,
     load_pickle_stream,
+    read_regular_file,
 )
 
 SHAPE_SPACE_DIM = 300  # FLAME's shapedirs: columns 0-299 identity, 300-399 expression
@@ -69,53 +72,81 @@ class FlameData:
         return self.j_regressor @ self.v_template
 
 
-def _as_array(value: Any, key: str, path: Path) -> np.ndarray:
-    """Plain array from what the pickle held: ndarray, chumpy record, or scipy sparse record."""
+def _as_array(value: Any, key: str, path: Path, sparse_shape: tuple[int, int] | None = None
+              ) -> np.ndarray:
+    """Plain array from what the pickle held: ndarray, chumpy record, or scipy sparse record
+    (densified only when its declared shape is ``sparse_shape``)."""
     if isinstance(value, np.ndarray):
         return value
     if isinstance(value, Stub):
         state = value.state if isinstance(value.state, dict) else {}
         if value.stub_module.startswith("scipy.sparse"):
-            return _dense_from_sparse_state(state, key, path)
+            return _dense_from_sparse_state(state, key, path, sparse_shape)
         if value.stub_module.startswith("chumpy"):
             # A chumpy array keeps its value under 'x' (older pickles: 'a').
             for name in ("x", "a"):
                 if isinstance(state.get(name), np.ndarray):
                     return state[name]
     if isinstance(value, (list, tuple, int, float)):
-        return np.asarray(value)
+        try:
+            return np.asarray(value, np.float64)
+        except (TypeError, ValueError):
+            pass
     raise FlameFileError(f"'{path}' is not a FLAME model file: its '{key}' entry is not an array.")
 
 
-def _dense_from_sparse_state(state: dict, key: str, path: Path) -> np.ndarray:
+def _dense_from_sparse_state(state: dict, key: str, path: Path,
+                             expected: tuple[int, int] | None) -> np.ndarray:
     """A dense array from a pickled scipy sparse matrix's fields (NumPy only: Blender's Python
-    has no scipy)."""
+    has no scipy). Its declared shape and indices are checked before anything is allocated: a
+    few bytes can declare a 10^6 × 10^6 matrix."""
+    problem = f"'{path}' is not a FLAME model file: its sparse '{key}' matrix"
     try:
         shape = tuple(int(n) for n in (state.get("_shape") or state["shape"]))
-        fmt = state.get("format", "csc")
-        data = np.asarray(state["data"], np.float64)
-        dense = np.zeros(shape)
+        fmt = state.get("format", "coo" if "row" in state else "csc")
+        data = np.asarray(state["data"], np.float64).ravel()
         if fmt == "coo" or "row" in state:
-            np.add.at(dense, (np.asarray(state["row"]), np.asarray(state["col"])), data)
-            return dense
-        indices = np.asarray(state["indices"], np.int64)
-        indptr = np.asarray(state["indptr"], np.int64)
-        outer = np.repeat(np.arange(len(indptr) - 1), np.diff(indptr))
-        if fmt == "csr":
-            np.add.at(dense, (outer, indices), data)
+            rows = np.asarray(state["row"]).ravel()
+            cols = np.asarray(state["col"]).ravel()
         else:
-            np.add.at(dense, (indices, outer), data)
+            indices = np.asarray(state["indices"]).ravel()
+            indptr = np.asarray(state["indptr"]).ravel()
+    except (KeyError, TypeError, ValueError) as exc:
+        raise FlameFileError(f"{problem} could not be read ({exc}).") from None
+    if expected is not None and shape != expected:
+        raise FlameFileError(f"{problem} has shape {shape}, expected {expected}.")
+    if len(shape) != 2 or min(shape) < 0 or shape[0] * shape[1] > 10 * data.size + 10**7:
+        raise FlameFileError(f"{problem} declares the shape {shape}, which it does not hold.")
+    dense = np.zeros(shape)
+    if fmt == "coo" or "row" in state:
+        if not (len(rows) == len(cols) == len(data)) or (len(data) and (
+                rows.min() < 0 or cols.min() < 0 or rows.max() >= shape[0]
+                or cols.max() >= shape[1])):
+            raise FlameFileError(f"{problem} has indices outside its shape {shape}.")
+        np.add.at(dense, (rows.astype(np.int64), cols.astype(np.int64)), data)
         return dense
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
-        raise FlameFileError(
-            f"'{path}': the sparse '{key}' matrix could not be read ({exc}).") from exc
+    outer_size, inner_size = (shape[0], shape[1]) if fmt == "csr" else (shape[1], shape[0])
+    if (len(indptr) != outer_size + 1 or len(indices) != len(data) or indptr[0] != 0
+            or indptr[-1] != len(data) or np.any(np.diff(indptr) < 0)
+            or (len(indices) and (indices.min() < 0 or indices.max() >= inner_size))):
+        raise FlameFileError(f"{problem} has indices outside its shape {shape}.")
+    outer = np.repeat(np.arange(outer_size), np.diff(indptr).astype(np.int64))
+    indices = indices.astype(np.int64)
+    if fmt == "csr":
+        np.add.at(dense, (outer, indices), data)
+    else:
+        np.add.at(dense, (indices, outer), data)
+    return dense
 
 
-def load_flame_file(path: str | Path, landmark_embedding: str | Path | None = None) -> FlameData:
-    """Read a FLAME model file into :class:`FlameData`, checking that it really is FLAME.
+def load_flame_file(path: str | Path, landmark_embedding: str | Path | None = None, *,
+                    landmarks: bool = False) -> FlameData:
+    """Read a FLAME model file into :class:`FlameData`, checking that it really is FLAME: its
+    shapes, that its faces index its vertices, that its numbers are finite.
 
-    ``landmark_embedding`` is the optional ``landmark_embedding.npy`` of the release; when not
-    given, one beside the FLAME file is used if present.
+    The landmark embedding (``landmark_embedding.npy`` of the release, only training uses it)
+    is read when ``landmark_embedding`` names it, or with ``landmarks=True`` from beside the
+    FLAME file when one is there; otherwise it is not touched.
     """
     path = Path(path)
     if not path.is_file():
@@ -124,12 +155,12 @@ def load_flame_file(path: str | Path, landmark_embedding: str | Path | None = No
         raise FlameFileError(f"The FLAME file '{path}' is empty.")
     try:
         raw = load_pickle(path)
-    except UnsafeFileError:
+    except (UnsafeFileError, FileNotFoundError):
         raise
-    except Exception as exc:  # a truncated or non-pickle file
-        raise FlameFileError(
-            f"'{path}' is not a FLAME model file (it could not be read as a pickle: {exc})."
-        ) from exc
+    except FileReadError as exc:  # a truncated, damaged or non-pickle file
+        raise FlameFileError(f"'{path}' is not a FLAME model file: {exc.reason}.") from None
+    except ValueError as exc:  # not a regular file
+        raise FlameFileError(str(exc)) from None
     if not isinstance(raw, dict):
         raise FlameFileError(f"'{path}' is not a FLAME model file (it does not hold a dict).")
     needed = ("v_template", "f", "shapedirs", "posedirs", "J_regressor", "weights",
@@ -138,22 +169,46 @@ def load_flame_file(path: str | Path, landmark_embedding: str | Path | None = No
     if missing:
         raise FlameFileError(
             f"'{path}' is not a FLAME model file: it lacks {', '.join(missing)}.")
-    arrays = {k: _as_array(raw[k], k, path) for k in needed}
+    v_template = _numbers(_as_array(raw["v_template"], "v_template", path), "v_template", path)
+    n = v_template.shape[0] if v_template.ndim == 2 else -1
+    arrays = {k: _as_array(raw[k], k, path, (N_JOINTS, n) if k == "J_regressor" else None)
+              for k in needed if k != "v_template"}
     data = FlameData(
-        v_template=np.asarray(arrays["v_template"], np.float64),
-        faces=np.asarray(arrays["f"], np.int64),
-        shapedirs=np.asarray(arrays["shapedirs"], np.float64),
-        posedirs=np.asarray(arrays["posedirs"], np.float64),
-        j_regressor=np.asarray(arrays["J_regressor"], np.float64),
-        weights=np.asarray(arrays["weights"], np.float64),
-        kintree_table=np.asarray(arrays["kintree_table"], np.int64),
+        v_template=v_template,
+        faces=_faces(arrays["f"], path),
+        shapedirs=_numbers(arrays["shapedirs"], "shapedirs", path),
+        posedirs=_numbers(arrays["posedirs"], "posedirs", path),
+        j_regressor=_numbers(arrays["J_regressor"], "J_regressor", path),
+        weights=_numbers(arrays["weights"], "weights", path),
+        kintree_table=_numbers(arrays["kintree_table"], "kintree_table", path, np.int64),
     )
     _check_layout(data, path)
-    embedding = Path(landmark_embedding) if landmark_embedding else (
-        path.parent / "landmark_embedding.npy")
-    if embedding.is_file():
-        _read_landmark_embedding(data, embedding)
+    if landmark_embedding is not None or landmarks:
+        embedding = Path(landmark_embedding) if landmark_embedding is not None else (
+            path.parent / "landmark_embedding.npy")
+        if landmark_embedding is not None or embedding.is_file():
+            _read_landmark_embedding(data, embedding)
     return data
+
+
+def _numbers(values: np.ndarray, key: str, path: Path, dtype: Any = np.float64) -> np.ndarray:
+    """``values`` as a finite ``dtype`` array, or a one-sentence error naming the entry."""
+    try:
+        array = np.asarray(values, dtype)
+    except (TypeError, ValueError, OverflowError):
+        raise FlameFileError(f"'{path}' is not a FLAME model file: its '{key}' entry is not "
+                             "an array of numbers.") from None
+    if dtype is np.float64 and not np.isfinite(array).all():
+        raise FlameFileError(f"'{path}' is damaged: its '{key}' holds NaN or infinite values.")
+    return array
+
+
+def _faces(values: np.ndarray, path: Path) -> np.ndarray:
+    faces = _numbers(values, "f", path)  # float64 holds every index exactly; checked below
+    if faces.size and not np.array_equal(faces, np.round(faces)):
+        raise FlameFileError(f"'{path}' is damaged: its faces hold indices that are not whole "
+                             "numbers.")
+    return faces.astype(np.int64)
 
 
 def _check_layout(data: FlameData, path: Path) -> None:
@@ -165,7 +220,11 @@ def _check_layout(data: FlameData, path: Path) -> None:
     if joints != N_JOINTS:
         problems.append(f"it has {joints} joints where FLAME has {N_JOINTS} "
                         "(root, neck, jaw, two eyes)")
-    if data.shapedirs.shape[:2] != (n, 3) or data.shapedirs.shape[2] <= SHAPE_SPACE_DIM:
+    elif data.kintree_table.shape[0] != 2 or any(
+            not 0 <= parent < j for j, parent in enumerate(data.parents) if j):
+        problems.append("its joint tree does not lead from each joint to an earlier one")
+    if data.shapedirs.ndim != 3 or data.shapedirs.shape[:2] != (n, 3) or (
+            data.shapedirs.shape[2] <= SHAPE_SPACE_DIM):
         problems.append(f"shapedirs has shape {data.shapedirs.shape}, expected "
                         f"({n}, 3, 300 + expression components)")
     if data.posedirs.shape != (n, 3, 9 * (N_JOINTS - 1)):
@@ -174,28 +233,74 @@ def _check_layout(data: FlameData, path: Path) -> None:
         problems.append(f"J_regressor has shape {data.j_regressor.shape}, expected (5, {n})")
     if data.weights.shape != (n, N_JOINTS):
         problems.append(f"weights has shape {data.weights.shape}, expected ({n}, 5)")
-    if data.faces.ndim != 2 or data.faces.shape[1] != 3 or data.faces.max(initial=0) >= n:
-        problems.append("its faces do not index its vertices")
+    if data.faces.ndim != 2 or data.faces.shape[1] != 3 or not len(data.faces) or (
+            data.faces.min() < 0 or data.faces.max() >= n):
+        problems.append(f"its faces do not index its {n} vertices")
     if problems:
         raise FlameFileError(f"'{path}' is not a FLAME model: " + "; ".join(problems) + ".")
 
 
-def _read_landmark_embedding(data: FlameData, embedding: Path) -> None:
+def load_landmark_embedding(path: str | Path) -> dict[str, np.ndarray]:
+    """Every entry of a landmark embedding ``.npy`` as a NumPy array, read without torch and
+    without running code.
+
+    The DECA/EMOCA release's file is a 0-d object array holding a dict; its
+    ``dynamic_lmk_faces_idx`` and ``dynamic_lmk_bary_coords`` are pickled torch tensors, which
+    :mod:`server.tensor_files` rebuilds as arrays. A plain ``.npy`` of a dict works the same.
+    """
+    path = Path(path)
+    what = f"'{path}' is not a landmark embedding"
     try:
-        raw = np.load(embedding, allow_pickle=False)
-    except ValueError:
-        # The release stores a pickled dict inside the .npy; read it without running code.
-        with open(embedding, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                np.lib.format.read_array_header_1_0(f)
-            else:
-                np.lib.format.read_array_header_2_0(f)
-            raw = load_pickle_stream(f)
-        raw = raw.item() if isinstance(raw, np.ndarray) else raw
-    if isinstance(raw, dict) and "static_lmk_faces_idx" in raw:
-        data.landmark_faces = np.asarray(raw["static_lmk_faces_idx"], np.int64)
-        data.landmark_barycentrics = np.asarray(raw["static_lmk_bary_coords"], np.float64)
+        content = read_regular_file(path)
+    except FileNotFoundError:
+        raise FlameFileError(f"Landmark embedding not found: '{path}'.") from None
+    except ValueError as exc:
+        raise FlameFileError(str(exc)) from None
+    stream = io.BytesIO(content)
+    readers = {(1, 0): np.lib.format.read_array_header_1_0,
+               (2, 0): np.lib.format.read_array_header_2_0}
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version not in readers:
+            raise ValueError(f".npy version {version} is not supported")
+        _, _, dtype = readers[version](stream)
+    except ValueError as exc:
+        raise FlameFileError(f"{what} (.npy) file: {exc}.") from None
+    if dtype.hasobject:
+        try:
+            raw = load_pickle_stream(stream, source=f"'{path}'")
+        except UnsafeFileError:
+            raise
+        except FileReadError as exc:
+            raise FlameFileError(f"{what}: {exc.reason}.") from None
+        raw = raw.item() if isinstance(raw, np.ndarray) and raw.size == 1 else raw
+    else:
+        raw = None
+    if not isinstance(raw, dict) or not all(isinstance(k, str) for k in raw):
+        raise FlameFileError(f"{what}: it does not hold a table of named arrays.")
+    embedding = {}
+    for key, value in raw.items():
+        try:
+            embedding[key] = np.asarray(value)
+        except (TypeError, ValueError):
+            raise FlameFileError(f"{what}: its '{key}' entry is not an array.") from None
+    return embedding
+
+
+def _read_landmark_embedding(data: FlameData, path: Path) -> None:
+    embedding = load_landmark_embedding(path)
+    if "static_lmk_faces_idx" not in embedding or "static_lmk_bary_coords" not in embedding:
+        raise FlameFileError(f"'{path}' is not a landmark embedding: it lacks "
+                             "static_lmk_faces_idx or static_lmk_bary_coords.")
+    faces = np.asarray(embedding["static_lmk_faces_idx"]).ravel()
+    barycentrics = np.asarray(embedding["static_lmk_bary_coords"], np.float64).reshape(-1, 3)
+    if (len(faces) != len(barycentrics) or not np.issubdtype(faces.dtype, np.integer)
+            or (len(faces) and (faces.min() < 0 or faces.max() >= len(data.faces)))
+            or not np.isfinite(barycentrics).all()):
+        raise FlameFileError(f"'{path}' does not fit this FLAME model: its landmarks name faces "
+                             f"it does not have ({len(data.faces)} faces).")
+    data.landmark_faces = faces.astype(np.int64)
+    data.landmark_barycentrics = barycentrics
 
 
 def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:

@@ -132,6 +132,31 @@ def write_synthetic_flame(path: Path, legacy: bool = False, seed: int = 0) -> Pa
     return path
 
 
+def write_deca_landmark_embedding(path: Path, n_faces: int | None = None, seed: int = 0
+                                  ) -> dict[str, np.ndarray]:
+    """``landmark_embedding.npy`` in the DECA/EMOCA layout: a 0-d object array holding a dict
+    whose dynamic (contour) entries are real pickled torch tensors and the rest NumPy arrays.
+    Returns every entry as the NumPy array it holds."""
+    n_faces = n_faces or len(synthetic_flame().faces)
+    rng = np.random.default_rng(seed)
+
+    def barycentrics(*shape: int) -> np.ndarray:
+        weights = rng.random((*shape, 3)) + 0.05
+        return weights / weights.sum(-1, keepdims=True)
+
+    arrays = {
+        "static_lmk_faces_idx": rng.integers(0, n_faces, 51).astype(np.int64),
+        "static_lmk_bary_coords": barycentrics(51),
+        "dynamic_lmk_faces_idx": rng.integers(0, n_faces, (79, 17)).astype(np.int64),
+        "dynamic_lmk_bary_coords": barycentrics(79, 17).astype(np.float32),
+        "full_lmk_faces_idx": rng.integers(0, n_faces, (1, 68)).astype(np.int64),
+        "full_lmk_bary_coords": barycentrics(1, 68),
+    }
+    stored = {k: torch.tensor(v) if k.startswith("dynamic") else v for k, v in arrays.items()}
+    np.save(path, np.array(stored, dtype=object), allow_pickle=True)
+    return arrays
+
+
 # -- the official release layout ---------------------------------------------------------------
 
 def official_state_dict(model: EmoteModel) -> dict[str, torch.Tensor]:
@@ -214,7 +239,9 @@ def flint_cfg(flint: FlintConfig) -> dict:
 def write_official_release(assets: Path, seed: int = 0, config: EmoteConfig | None = None,
                            decoder_in_emote: bool = True) -> tuple[Path, EmoteModel]:
     """``assets/TalkingHead/models/EMOTE_v2`` + ``assets/MotionPrior/models/FLINTv2`` laid out
-    like the official download, from a seeded random model. Returns (EMOTE folder, model)."""
+    like the official download, from a seeded random model, with the synthetic FLAME as
+    ``assets/FLAME/geometry/generic_model.pkl`` (legacy pickling) and a DECA-layout
+    ``landmark_embedding.npy`` beside it. Returns (EMOTE folder, model)."""
     config = config or tiny_config()
     model = random_model(config, seed)
     emote = assets / "TalkingHead" / "models" / "EMOTE_v2"
@@ -228,6 +255,10 @@ def write_official_release(assets: Path, seed: int = 0, config: EmoteConfig | No
         emote_cfg(config, "wav2vec2-tiny", "MotionPrior/models/FLINTv2")))
     (flint / "cfg.yaml").parent.mkdir(parents=True)
     (flint / "cfg.yaml").write_text(yaml.safe_dump(flint_cfg(config.flint)))
+    geometry = assets / "FLAME" / "geometry"
+    geometry.mkdir(parents=True)
+    write_synthetic_flame(geometry / "generic_model.pkl", legacy=True)
+    write_deca_landmark_embedding(geometry / "landmark_embedding.npy", seed=seed)
 
     state = official_state_dict(model)
     decoder_prefix = "sequence_decoder.motion_prior.motion_decoder."
@@ -283,3 +314,13 @@ def write_training_dataset(folder: Path, sequences: int = 8, seconds: float = 3.
         entries.append(entry)
     write_index(folder, entries, list(identities))
     return folder
+
+
+def write_overflowing_bundle(folder: Path, seed: int = 0) -> Path:
+    """A bundle whose weights are finite but so large (1e38, near float32's limit) that every
+    take overflows to infinity and NaN: a broken model the checks after generation catch."""
+    model = random_model(seed=seed)
+    with torch.no_grad():
+        model.sequence_decoder.motion_prior.motion_decoder.post_transformer_linear.weight.fill_(
+            1e38)
+    return save_bundle(folder, model, flint_source="overflowing test FLINT")

@@ -152,3 +152,217 @@ def test_file_of_another_kind_is_refused_clearly(tmp_path):
         load_flame_file(text)
     with pytest.raises(FlameFileError, match="not found"):
         load_flame_file(tmp_path / "missing.pkl")
+
+
+# -- damaged files, memory bombs (rows B22-B24, D25) --------------------------------------------
+
+def _write_flame_dict(path, **changes):
+    """The synthetic FLAME as a plain pickle of dense arrays, with ``changes`` applied."""
+    data = synthetic_flame()
+    payload = {"v_template": data.v_template, "f": data.faces, "shapedirs": data.shapedirs,
+               "posedirs": data.posedirs, "J_regressor": data.j_regressor,
+               "weights": data.weights, "kintree_table": data.kintree_table}
+    for key, change in changes.items():
+        payload[key] = change(payload[key].copy())
+    with open(path, "wb") as f:
+        pickle.dump(payload, f, protocol=2)
+    return path
+
+
+def _set(index, value):
+    def change(array):
+        array[index] = value
+        return array
+    return change
+
+
+@pytest.mark.parametrize("key, change, message", [
+    ("f", _set((3, 1), -1), "its faces do not index its 300 vertices"),
+    ("f", _set((0, 0), 300), "its faces do not index its 300 vertices"),
+    ("v_template", _set((5, 1), np.nan), "its 'v_template' holds NaN or infinite values"),
+    ("shapedirs", _set((0, 0, 301), np.inf), "its 'shapedirs' holds NaN or infinite values"),
+    ("posedirs", _set((9, 2, 11), np.nan), "its 'posedirs' holds NaN or infinite values"),
+    ("weights", _set((4, 2), -np.inf), "its 'weights' holds NaN or infinite values"),
+    ("J_regressor", _set((2, 7), np.nan), "its 'J_regressor' holds NaN or infinite values"),
+    ("kintree_table", _set((0, 2), 4), "its joint tree does not lead"),
+], ids=["face-minus-one", "face-past-end", "nan-template", "inf-shapedirs", "nan-posedirs",
+        "inf-weights", "nan-regressor", "joint-tree"])
+def test_damaged_flame_files_are_refused_in_one_sentence(tmp_path, key, change, message):
+    path = _write_flame_dict(tmp_path / "generic_model.pkl", **{key: change})
+    with pytest.raises(FlameFileError, match=message) as error:
+        load_flame_file(path)
+    assert str(path) in str(error.value) and str(error.value).count(". ") == 0
+
+
+def _legacy_with_sparse_regressor(path, state):
+    from server.flame import write_flame_file
+    from server.safe_pickle import ForeignObject, ForeignPickler
+
+    write_flame_file(path, synthetic_flame(), legacy=True)
+    payload = load_pickle_plainly(path)
+    payload["J_regressor"] = ForeignObject("scipy.sparse.csc", "csc_matrix", state)
+    with open(path, "wb") as f:
+        ForeignPickler(f, protocol=2).dump(payload)
+    return path
+
+
+def load_pickle_plainly(path):
+    """The legacy file's dict with its chumpy and scipy records put back as markers."""
+    from server.safe_pickle import ForeignObject, Stub, load_pickle
+
+    raw = load_pickle(path)
+    return {k: ForeignObject(v.stub_module, v.stub_name, v.state) if isinstance(v, Stub) else v
+            for k, v in raw.items()}
+
+
+def test_a_sparse_regressor_declaring_a_huge_shape_is_refused_before_densifying(tmp_path):
+    state = {"_shape": (10**6, 10**6), "data": np.ones(3), "indices": np.arange(3),
+             "indptr": np.array([0, 3] + [3] * 4), "format": "csc", "maxprint": 50}
+    path = _legacy_with_sparse_regressor(tmp_path / "generic_model.pkl", state)
+    with pytest.raises(FlameFileError, match=r"sparse 'J_regressor' matrix has shape "
+                                             r"\(1000000, 1000000\), expected \(5, 300\)"):
+        load_flame_file(path)
+    state.update(_shape=(5, 300), indices=np.array([0, 1, 7]),
+                 indptr=np.array([0, 3] + [3] * 299))
+    path = _legacy_with_sparse_regressor(tmp_path / "generic_model.pkl", state)
+    with pytest.raises(FlameFileError, match="has indices outside its shape"):
+        load_flame_file(path)
+
+
+_BOMB_RUN = """
+import resource, sys, time
+sys.path.insert(0, {root!r})
+sys.modules["torch"] = None  # as in Blender's Python, which reads FLAME files itself
+from server.flame import load_flame_file
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+started = time.perf_counter()
+try:
+    load_flame_file({path!r})
+    print("LOADED")
+except ValueError as exc:
+    print(type(exc).__name__, exc)
+print(time.perf_counter() - started)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024)
+"""
+
+
+def test_a_59_byte_flame_file_asking_for_4_gb_is_refused_cheaply(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.builders import ROOT
+
+    bomb = (b"\x80\x02}q\x00X\x0a\x00\x00\x00v_templateq\x01cbuiltins\nbytearray\nq\x02"
+            b"\x8a\x05\x00(k\xee\x00\x85q\x03Rq\x04s.")
+    assert len(bomb) == 59
+    assert pickle.loads(bomb.replace(b"\x00(k\xee\x00", b"\x10\x00\x00\x00\x00"))[
+        "v_template"] == bytearray(16)  # the same pickle with a small size: what it asks for
+    path = tmp_path / "generic_model.pkl"
+    path.write_bytes(bomb)
+    result = subprocess.run([sys.executable, "-c", _BOMB_RUN.format(root=str(ROOT),
+                                                                    path=str(path))],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    message, seconds, growth_mb = result.stdout.strip().splitlines()
+    assert message.startswith("UnsafeFileError") and "4,000,000,000-byte buffer" in message
+    assert str(path) in message
+    assert float(growth_mb) < 30 and float(seconds) < 5
+
+
+# -- the official release's landmark embedding (DECA layout, pickled torch tensors) -----------
+
+@pytest.fixture(scope="module")
+def official_flame(tmp_path_factory):
+    from tests.builders import write_deca_landmark_embedding, write_synthetic_flame
+
+    geometry = tmp_path_factory.mktemp("assets") / "FLAME" / "geometry"
+    geometry.mkdir(parents=True)
+    flame = write_synthetic_flame(geometry / "generic_model.pkl", legacy=True)
+    expected = write_deca_landmark_embedding(geometry / "landmark_embedding.npy", seed=2)
+    return flame, expected
+
+
+def test_the_landmark_embedding_is_read_only_when_asked(tmp_path):
+    from tests.builders import write_synthetic_flame
+
+    marker = tmp_path / "pwned"
+    flame = write_synthetic_flame(tmp_path / "generic_model.pkl", legacy=True)
+    np.save(tmp_path / "landmark_embedding.npy",
+            np.array({"static_lmk_faces_idx": _WritesAFile(marker)}, dtype=object),
+            allow_pickle=True)
+    assert len(load_flame_file(flame).landmark_faces) == 0  # inference never opens it
+    with pytest.raises(UnsafeFileError, match="system") as error:
+        load_flame_file(flame, landmarks=True)
+    assert "landmark_embedding.npy" in str(error.value)
+    assert not marker.exists()
+
+
+def test_deca_embedding_beside_the_flame_file_gives_its_exact_arrays(official_flame):
+    from server.flame import load_landmark_embedding
+
+    flame, expected = official_flame
+    embedding = load_landmark_embedding(flame.parent / "landmark_embedding.npy")
+    assert set(embedding) == set(expected)
+    for key, value in expected.items():
+        assert embedding[key].dtype == value.dtype and np.array_equal(embedding[key], value), key
+    data = load_flame_file(flame, landmarks=True)
+    assert np.array_equal(data.landmark_faces, expected["static_lmk_faces_idx"])
+    assert np.array_equal(data.landmark_barycentrics, expected["static_lmk_bary_coords"])
+
+
+_NO_TORCH_EMBEDDING = """
+import sys
+sys.path.insert(0, {root!r})
+sys.modules["torch"] = None  # import torch fails here, as in Blender's Python
+import numpy as np
+from server.flame import load_flame_file, load_landmark_embedding
+embedding = load_landmark_embedding({embedding!r})
+data = load_flame_file({flame!r}, landmarks=True)
+np.savez({out!r}, flame_faces=data.landmark_faces, **embedding)
+"""
+
+
+def test_deca_embedding_reads_where_torch_cannot_be_imported(official_flame, tmp_path):
+    import subprocess
+    import sys
+
+    from tests.builders import ROOT
+
+    flame, expected = official_flame
+    code = _NO_TORCH_EMBEDDING.format(root=str(ROOT), flame=str(flame),
+                                      embedding=str(flame.parent / "landmark_embedding.npy"),
+                                      out=str(tmp_path / "read.npz"))
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    read = np.load(tmp_path / "read.npz")
+    for key, value in expected.items():
+        assert read[key].dtype == value.dtype and np.array_equal(read[key], value), key
+    assert np.array_equal(read["flame_faces"], expected["static_lmk_faces_idx"])
+
+
+def test_a_malicious_pickle_inside_the_embedding_is_refused_naming_it(tmp_path):
+    from server.flame import load_landmark_embedding
+
+    marker = tmp_path / "pwned"
+    path = tmp_path / "landmark_embedding.npy"
+    np.save(path, np.array({"static_lmk_faces_idx": _WritesAFile(marker)}, dtype=object),
+            allow_pickle=True)
+    with pytest.raises(UnsafeFileError, match="system") as error:
+        load_landmark_embedding(path)
+    assert str(path) in str(error.value) and not marker.exists()
+
+
+def test_generate_uses_the_official_layouts_flame_file(tmp_path, tiny_bundle, speech_wav):
+    from tests.builders import run_server, write_official_release
+
+    write_official_release(tmp_path / "assets", seed=4)
+    flame = tmp_path / "assets" / "FLAME" / "geometry" / "generic_model.pkl"
+    assert (flame.parent / "landmark_embedding.npy").is_file()
+    out = tmp_path / "take.npz"
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "--flame", flame,
+                        "-o", out)
+    assert result.returncode == 0, result.stderr
+    take = np.load(out)
+    assert take["vertices"].shape == (take["expression"].shape[0], 300, 3)
+    assert np.isfinite(take["vertices"]).all()

@@ -86,7 +86,7 @@ def train(stage: str, config_path: Path) -> Path:
     config = read_config(config_path, stage)
     L.seed_everything(int(config["seed"]), workers=True)
     out = Path(config["out"])
-    flame = load_flame_file(config["flame"], config.get("landmark_embedding"))
+    flame = load_flame_file(config["flame"], config.get("landmark_embedding"), landmarks=True)
     vertices = FlameVertices(flame)
     motion_only = stage == "flint"
     train_set = SequenceWindows(config["data"], "train", int(config["window"]),
