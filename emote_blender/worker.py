@@ -176,7 +176,9 @@ class WorkerClient:
         """Launch the worker unless it runs; returns at once. Its ``ready`` message (or its
         failure) is seen by :meth:`drain`."""
         if self.process is not None:
-            return  # running, or exited and its exit not drained yet (that reports it)
+            if self.process.poll() is None or self.ready is None:
+                return  # running, or a start that failed: draining reports that
+            self.drain()  # it ran and has exited (idle shutdown, crash): a new one starts
         self.stop()
         python = str(self.python)
         if python and not (Path(python).is_file() and os.access(python, os.X_OK)):
