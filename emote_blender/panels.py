@@ -7,7 +7,7 @@ from typing import Any
 
 import bpy
 
-from . import compat, rig
+from . import compat, generation, rig
 
 
 class EMOTE_UL_takes(bpy.types.UIList):
@@ -45,17 +45,18 @@ def draw_emote(layout: Any, context: Any) -> None:
     sub.prop(settings, "mix", slider=True)
     col.prop(settings, "animated")
 
-    if settings.running:
+    state = generation.STATE  # the job's state is never saved with the file
+    if state.running:
         row = layout.row(align=True)
         if hasattr(row, "progress"):  # 4.0+
-            row.progress(factor=settings.progress, text=settings.status or "Generating…")
+            row.progress(factor=state.progress, text=state.status or "Generating…")
         else:
-            row.label(text=settings.status or "Generating…")
+            row.label(text=state.status or "Generating…")
         row.operator("emote.cancel", text="", icon="X")
     else:
         layout.operator("emote.generate", icon="PLAY_SOUND")
-        if settings.status:
-            layout.label(text=settings.status)
+        if state.status:
+            layout.label(text=state.status, icon="ERROR" if state.level == "ERROR" else "INFO")
 
     if mesh is not None:
         layout.label(text="Takes")

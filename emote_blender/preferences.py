@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -12,19 +10,6 @@ import bpy
 from bpy.props import EnumProperty, IntProperty, StringProperty
 
 ADDON_ROOT = Path(__file__).resolve().parent
-
-
-def default_python() -> str:
-    """The project's own venv when the add-on runs from (or next to) a checkout, or
-    ``EMOTE_WORKER_PYTHON``."""
-    configured = os.environ.get("EMOTE_WORKER_PYTHON", "")
-    if configured:
-        return configured
-    for folder in (ADDON_ROOT, *ADDON_ROOT.parents[:3]):
-        candidate = folder / ".venv" / "bin" / "python"
-        if candidate.is_file():
-            return str(candidate)
-    return ""
 
 
 def preferences(context: Any = None) -> Any:
@@ -36,8 +21,9 @@ class EmotePreferences(bpy.types.AddonPreferences):
     bl_idname = __package__
 
     python: StringProperty(
-        name="Worker Python", subtype="FILE_PATH", default=default_python(),
-        description="Python interpreter with torch that runs the inference worker")
+        name="Worker Python", subtype="FILE_PATH", default="",
+        description="Empty: Blender's own Python runs the worker (ONNX Runtime, CPU). Or a "
+                    "Python with torch (e.g. for CUDA). EMOTE_WORKER_PYTHON sets it when empty")
     model_kind: EnumProperty(name="Model", items=[
         ("DEMO", "Built-in Demo", "The small demo model trained on synthetic speech for the "
                                   "demo head (ships with the add-on)"),
@@ -66,6 +52,9 @@ class EmotePreferences(bpy.types.AddonPreferences):
         row = layout.row(align=True)
         row.prop(self, "python")
         row.operator("emote.check_worker", text="Check", icon="CHECKMARK")
+        if not self.python:
+            layout.label(text="The worker runs in Blender's own Python (ONNX Runtime, CPU).",
+                         icon="INFO")
         layout.prop(self, "model_kind")
         if self.model_kind != "DEMO":
             layout.prop(self, "model_path")
@@ -77,23 +66,6 @@ class EmotePreferences(bpy.types.AddonPreferences):
                          icon="INFO")
         layout.prop(self, "device")
         layout.prop(self, "idle_minutes")
-
-
-def check_python(python: str) -> str:
-    """"torch 2.13.0, CUDA no" for ``python``, or a sentence saying what is wrong."""
-    if not python or not Path(python).is_file():
-        return f"'{python}' does not exist."
-    code = ("import torch, transformers, smplx; "
-            "print(torch.__version__, torch.cuda.is_available())")
-    try:
-        out = subprocess.run([python, "-c", code], capture_output=True, text=True, timeout=120)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"Could not run '{python}': {exc}."
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["unknown error"])[-1]
-        return f"Not usable: {last}"
-    version, cuda = out.stdout.split()
-    return f"torch {version}, CUDA {'yes' if cuda == 'True' else 'no'}"
 
 
 CLASSES = (EmotePreferences,)

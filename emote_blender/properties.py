@@ -16,20 +16,19 @@ from bpy.props import (
     StringProperty,
 )
 
-from .server.protocol import EMOTIONS, MEAD_STYLES
+from . import generation
+from .server.protocol import EMOTIONS
 
 INTENSITIES = [("0", "Mild", "MEAD level 1"), ("1", "Medium", "MEAD level 2"),
                ("2", "Strong", "MEAD level 3")]
 
-# What the loaded model offers; refreshed when the worker reports a loaded model.
-MODEL_INFO: dict[str, Any] = {"styles": list(MEAD_STYLES), "emotions": list(EMOTIONS)}
 _style_items: list[tuple[str, str, str]] = []
 
 
 def _styles(self: Any, context: Any) -> list[tuple[str, str, str]]:
     # Blender keeps only pointers to these strings: the list must outlive the call.
     _style_items.clear()
-    for i, name in enumerate(MODEL_INFO["styles"]):
+    for i, name in enumerate(generation.MODEL_INFO["styles"]):
         _style_items.append((str(i), name, f"Speaking style {name}"))
     return _style_items
 
@@ -39,15 +38,11 @@ _second_items = [("-1", "None", "No second emotion")] + _emotion_items
 
 
 def _reapply(self: Any, context: Any) -> None:
-    from . import operators
-
-    operators.reapply_take_controls(self.id_data, self)
+    generation.reapply_take_controls(self.id_data, self)
 
 
 def _switch(self: Any, context: Any) -> None:
-    from . import operators
-
-    operators.switch_take(self)
+    generation.switch_take(self)
 
 
 class EmoteTake(bpy.types.PropertyGroup):
@@ -91,10 +86,20 @@ class EmoteSettings(bpy.types.PropertyGroup):
         ("NLA", "NLA Strips", "Push the take to NLA strips at the audio strip's position"),
         ("ACTION", "Into Current Action",
          "Write the take's keys into the current actions over its frame range")], default="NLA")
-    running: BoolProperty(name="Running", default=False, options={"SKIP_SAVE"})
-    progress: FloatProperty(name="Progress", default=0.0, min=0.0, max=1.0, subtype="FACTOR",
-                            options={"SKIP_SAVE"})
-    status: StringProperty(name="Status", default="", options={"SKIP_SAVE"})
+
+    # The job's state is not scene data (ID properties are saved even with SKIP_SAVE): these
+    # read it from the generation module, for scripts.
+    @property
+    def running(self) -> bool:
+        return generation.STATE.running
+
+    @property
+    def progress(self) -> float:
+        return generation.STATE.progress
+
+    @property
+    def status(self) -> str:
+        return generation.STATE.status
 
 
 CLASSES = (EmoteTake, EmoteSettings)

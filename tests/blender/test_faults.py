@@ -37,10 +37,10 @@ def test_zip_validates_and_installs(addon):
     result = subprocess.run([sys.executable, tool, "validate", str(addon.archive)],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert addon.archive.name == "emote_lipsync-0.1.0.zip"
+    assert addon.archive.name.startswith("emote_lipsync-0.1.0") and addon.archive.suffix == ".zip"
     assert hasattr(bpy.ops.emote, "generate") and hasattr(bpy.ops.emote, "bake")
     assert hasattr(bpy.context.scene, "emote")
-    assert (addon.operators.server_root() / "server" / "protocol.py").is_file()
+    assert (addon.generation.server_root() / "server" / "protocol.py").is_file()
 
 
 class RecordingLayout:
@@ -122,24 +122,29 @@ def test_worker_python_without_torch(clean, addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
     prefs = bpy.context.preferences.addons[addon.__name__].preferences
     good = prefs.python
-    prefs.python = sys.executable  # Blender's venv: no torch
+    # A Python without torch (this Blender's), started the way a worker is.
+    python = tmp_path / "python-without-torch"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" -c "import torch"\n')
+    python.chmod(0o755)
+    prefs.python = str(python)
     try:
         assert_refused_unchanged(mesh, "has no torch installed")
-        check = addon.preferences.check_python(sys.executable)
-        assert check.startswith("Not usable") and "No module named 'torch'" in check
+        with pytest.raises(RuntimeError, match="has no torch installed"):
+            bpy.ops.emote.check_worker()
     finally:
         prefs.python = good
-    assert addon.preferences.check_python(good).startswith("torch ")
+    assert bpy.ops.emote.check_worker() == {"FINISHED"}
+    assert addon.generation.client().ready is not None  # the check left the worker warm
     assert bpy.ops.emote.generate(wait=True) == {"FINISHED"}
 
 
 def _start_long_job(addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, wav="long.wav")
-    operators = addon.operators
-    pending = operators.start_generation(bpy.context)
+    generation = addon.generation
+    pending = generation.start_generation(bpy.context)
     deadline = time.monotonic() + 120
     while pending.job.progress == 0 and time.monotonic() < deadline:
-        assert operators.poll_generation() is None
+        assert generation.poll_generation() is None
         time.sleep(0.01)
     return scene, mesh, pending
 
@@ -151,7 +156,7 @@ def test_cancel_stops_within_a_second_and_changes_nothing(clean, addon, fixtures
     assert bpy.ops.emote.cancel() == {"FINISHED"}
     result = None
     while result is None:
-        result = addon.operators.poll_generation()
+        result = addon.generation.poll_generation()
         time.sleep(0.005)
     assert time.monotonic() - sent < 1.0
     assert result == ("INFO", "Generation cancelled; nothing was changed.")
@@ -161,11 +166,11 @@ def test_cancel_stops_within_a_second_and_changes_nothing(clean, addon, fixtures
 def test_killed_worker_is_reported_and_restarted(clean, addon, fixtures, tmp_path):
     scene, mesh, pending = _start_long_job(addon, fixtures, tmp_path)
     before = scene_state(mesh)
-    os.kill(addon.operators.client().process.pid, signal.SIGKILL)
+    os.kill(addon.generation.client().process.pid, signal.SIGKILL)
     result = None
     deadline = time.monotonic() + 30
     while result is None and time.monotonic() < deadline:
-        result = addon.operators.poll_generation()
+        result = addon.generation.poll_generation()
         time.sleep(0.01)
     level, message = result
     assert level == "ERROR" and "worker stopped unexpectedly" in message
@@ -190,7 +195,7 @@ def test_bake_into_current_action(clean, addon, fixtures, tmp_path):
 def test_disabling_the_addon_stops_the_worker(clean, addon, fixtures, tmp_path):
     import addon_utils
 
-    client = addon.operators.client()
+    client = addon.generation.client()
     client.start()
     process = client.process
     assert process.poll() is None

@@ -268,10 +268,9 @@ def test_animated_emotion_sends_a_per_frame_condition(clean, addon, fixtures, tm
     settings.mix = 1.0
     settings.keyframe_insert("mix", frame=strip.frame_final_end - 1)
     settings.animated = True
-    operators = addon.operators
     strips = addon.strips
     audio = strips.audio_request(scene, strips.find_sound_strip(bpy.context))
-    condition = operators.animated_condition(scene, audio)
+    condition = addon.generation.animated_condition(scene, audio)
     emotions = condition["emotion"]
     assert emotions[0]["0"] == pytest.approx(1.0) and emotions[-1]["6"] > 0.9
     assert 0.3 < emotions[len(emotions) // 2]["6"] < 0.7

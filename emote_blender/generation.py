@@ -1,0 +1,601 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The generation flow: one job from Generate to a new take, and the takes' live controls.
+
+A job is tied to its head and its sound strip by a token written on them when it starts (names
+change, and another file may hold a head of the same name), and it is dropped when another file
+is opened. What a job is doing (running, progress, the last message) lives here in Python, never
+in the scene, so a file saved during a job reopens with a normal panel.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import json
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import bpy
+import numpy as np
+
+from . import compat, keys, motion, rig, strips
+from .preferences import ADDON_ROOT, preferences
+from .server import protocol
+from .worker import Job, WorkerClient, WorkerError, describe_backends
+
+GENERATE_TIMEOUT = 600.0  # seconds without any message from the worker
+JOB_TAG = "emote_job"  # ID property on the head object and the strip of the running job
+
+# What the loaded model offers; refreshed when the worker reports a loaded model.
+MODEL_INFO: dict[str, Any] = {"styles": list(protocol.MEAD_STYLES),
+                              "emotions": list(protocol.EMOTIONS)}
+
+
+@dataclass
+class State:
+    """What the panel shows about the current or last job."""
+
+    running: bool = False
+    progress: float = 0.0
+    status: str = ""
+    level: str = "INFO"  # of the last message: INFO, WARNING or ERROR
+
+
+STATE = State()
+
+
+# -- the worker --------------------------------------------------------------------------------
+
+_client: WorkerClient | None = None
+
+
+def server_root() -> Path:
+    """The folder holding the ``server`` package the worker runs (inside the extension)."""
+    return ADDON_ROOT
+
+
+def worker_python(context: Any = None) -> str:
+    """The preference, else ``EMOTE_WORKER_PYTHON``; empty means Blender's own Python."""
+    python = preferences(context).python
+    if python:
+        return bpy.path.abspath(python)
+    return os.environ.get("EMOTE_WORKER_PYTHON", "")
+
+
+def client(context: Any = None) -> WorkerClient:
+    """The add-on's worker client; replaced when the interpreter preference changes."""
+    global _client
+    prefs = preferences(context)
+    idle = prefs.idle_minutes * 60 if prefs.idle_minutes else None
+    python = worker_python(context)
+    if _client is None or _client.python != python or _client.idle_timeout != idle:
+        if _client is not None:
+            _client.stop()
+        _client = WorkerClient(python=python, server_root=server_root(), idle_timeout=idle)
+    return _client
+
+
+def stop_worker() -> None:
+    global _client
+    drop_generation("")
+    if _client is not None:
+        _client.stop()
+        _client = None
+
+
+def model_request(context: Any) -> dict[str, Any]:
+    prefs = preferences(context)
+    if prefs.model_kind == "DEMO":
+        return {"model": None, "assets": None, "device": prefs.device}
+    model = bpy.path.abspath(prefs.model_path).rstrip("/\\") if prefs.model_path else ""
+    if not model:
+        raise ValueError("No model is set: choose the EMOTE_v2 folder or a bundle in the "
+                         "add-on preferences.")
+    assets = bpy.path.abspath(prefs.assets_path) if (prefs.model_kind == "OFFICIAL"
+                                                     and prefs.assets_path) else None
+    return {"model": model, "assets": assets, "device": prefs.device}
+
+
+def flame_file(context: Any) -> Any | None:
+    path = preferences(context).flame_path
+    if not path:
+        return None
+    from .server.flame import load_flame_file
+
+    return load_flame_file(bpy.path.abspath(path))
+
+
+def check_worker(context: Any = None, wait: bool = True) -> tuple[str, str] | None:
+    """(level, message) about the worker's inference backends, from its ``ready`` message;
+    None while it is still starting (``wait`` False)."""
+    worker = client(context)
+    try:
+        if wait:
+            ready = worker.wait_ready()
+        else:
+            worker.start()
+            worker.drain()
+            if worker.starting:
+                return None
+            if worker.ready is None:
+                raise WorkerError(worker.failure or "The worker did not start.")
+            ready = worker.ready
+    except WorkerError as exc:
+        return "ERROR", str(exc)
+    return "INFO", describe_backends(ready)
+
+
+# -- condition ---------------------------------------------------------------------------------
+
+def static_condition(settings: Any) -> dict[str, Any]:
+    emotion: Any = protocol.EMOTIONS[int(settings.emotion)]
+    second = int(settings.second_emotion)
+    if second >= 0 and settings.mix > 0:
+        mixture = {emotion: 1.0 - settings.mix}
+        other = protocol.EMOTIONS[second]
+        mixture[other] = mixture.get(other, 0.0) + settings.mix
+        emotion = mixture
+    return {"emotion": emotion, "intensity": int(settings.intensity),
+            "style": int(settings.style or 0)}
+
+
+def animated_condition(scene: Any, request: strips.AudioRequest) -> dict[str, Any]:
+    """Per-frame curves at 25 fps: the scene's emotion settings evaluated at each output frame
+    (emotion mixtures and intensities; the style is fixed). The worker turns them into the
+    model's condition rows, whatever its number of styles."""
+    settings = scene.emote
+    frames = max(1, int((request.end - request.start) * motion.TAKE_FPS))
+    times = request.start + np.arange(frames) / motion.TAKE_FPS
+    scene_frames = request.strip_start + (times + request.sound_offset) * request.fps
+    action = compat.active_action(scene)
+    curves = {}
+    if action is not None:
+        for curve in compat.fcurves(action, scene):
+            if curve.data_path.startswith("emote."):
+                curves[curve.data_path[len("emote."):]] = curve
+
+    def value(name: str, frame: float, default: float) -> float:
+        curve = curves.get(name)
+        return float(curve.evaluate(frame)) if curve is not None else default
+
+    emotions, intensities = [], []
+    for frame in scene_frames:
+        emotion = int(round(value("emotion", frame, int(settings.emotion))))
+        second = int(round(value("second_emotion", frame, int(settings.second_emotion))))
+        mix = float(np.clip(value("mix", frame, settings.mix), 0.0, 1.0)) if second >= 0 else 0.0
+        mixture = {str(emotion): 1.0 - mix}
+        if second >= 0:
+            mixture[str(second)] = mixture.get(str(second), 0.0) + mix
+        emotions.append(mixture)
+        intensities.append(int(round(value("intensity", frame, int(settings.intensity)))))
+    return {"emotion": emotions, "intensity": intensities, "style": int(settings.style or 0)}
+
+
+def label_parts(settings: Any) -> tuple[str, str, int]:
+    """Emotion text, intensity and style index of the take about to be made."""
+    emotion = protocol.EMOTIONS[int(settings.emotion)]
+    second = int(settings.second_emotion)
+    if second >= 0 and settings.mix > 0:
+        emotion = f"{emotion} {1 - settings.mix:.0%} + {protocol.EMOTIONS[second]}"
+    if settings.animated:
+        emotion = "Animated"
+    return emotion, protocol.INTENSITIES[int(settings.intensity)], int(settings.style or 0)
+
+
+def take_label(parts: tuple[str, str, int]) -> str:
+    """"Happy · strong · M003", with the style named by the model that made the take (known
+    once the worker has loaded it)."""
+    emotion, intensity, style = parts
+    styles = MODEL_INFO["styles"]
+    name = styles[style] if 0 <= style < len(styles) else f"style {style}"
+    return f"{emotion} · {intensity} · {name}"
+
+
+# -- the job -----------------------------------------------------------------------------------
+
+@dataclass
+class Generation:
+    """A running job and what is needed to turn its result into a take."""
+
+    job: Job
+    load_job: Job | None
+    load_key: tuple
+    token: str  # also written on the head object and the strip (JOB_TAG)
+    head_name: str  # for messages only: the head is found by its token
+    audio: strips.AudioRequest
+    exp_pattern: str
+    label_parts: tuple[str, str, int]
+    condition: Any
+    notes: list[str] = field(default_factory=list)
+
+
+_pending: Generation | None = None
+
+
+def pending() -> Generation | None:
+    return _pending
+
+
+def _tag(owner: Any, token: str) -> None:
+    with contextlib.suppress(TypeError, AttributeError, RuntimeError):
+        owner[JOB_TAG] = token
+
+
+def _untag(owner: Any, token: str) -> None:
+    with contextlib.suppress(TypeError, AttributeError, RuntimeError, KeyError):
+        if owner.get(JOB_TAG) == token:
+            del owner[JOB_TAG]
+
+
+def tagged_head(job: Generation) -> Any | None:
+    """The job's head object wherever it is now and whatever it is called (a copy made during
+    the job carries the token too: the one with the old name wins)."""
+    found = [obj for obj in bpy.data.objects if obj.get(JOB_TAG) == job.token]
+    named = [obj for obj in found if obj.name == job.head_name]
+    return (named or found or [None])[0]
+
+
+def tagged_strip(job: Generation) -> tuple[Any, Any] | tuple[None, None]:
+    """(scene, strip) of the job's sound strip, found by its token."""
+    for scene in bpy.data.scenes:
+        for strip in compat.all_strips(scene):
+            if strip.get(JOB_TAG) == job.token:
+                return scene, strip
+    return None, None
+
+
+def start_generation(context: Any) -> Generation:
+    """Check every input, then queue the requests (the worker starts in the background); the
+    scene is not touched until the result, except for the job's token on the head and strip."""
+    global _pending
+    if _pending is not None and not _pending.job.done:
+        raise ValueError("A generation is already running; cancel it first.")
+    scene = context.scene
+    settings = scene.emote
+    mesh = settings.rig or rig.find_rig_object(context)
+    if mesh is None:
+        raise rig.RigError("No FLAME head found: select the head mesh (with Exp shape keys) or "
+                           "its armature, or set Head in the panel.")
+    target = rig.describe_rig(mesh, exp_pattern=settings.exp_pattern)
+    rig.check_editable(target)
+    strip = strips.find_sound_strip(context, settings.strip)
+    audio = strips.audio_request(compat.sequencer_scene(context), strip)
+    try:
+        request = model_request(context)
+        condition: Any = animated_condition(scene, audio) if settings.animated else \
+            static_condition(settings)
+        worker = client(context)
+        load_job = None
+        key = (request["model"], request["assets"], request["device"])
+        if worker.loaded_key != key or not worker.alive:
+            load_job = worker.send(protocol.LOAD, timeout=GENERATE_TIMEOUT, **request)
+        job = worker.send(protocol.GENERATE, timeout=GENERATE_TIMEOUT, audio=audio.path,
+                          start=audio.start, end=audio.end, condition=condition)
+    except BaseException:
+        audio.cleanup()  # a packed sound's copy never outlives a failed start
+        raise
+    token = uuid.uuid4().hex
+    _tag(mesh, token)
+    _tag(strip, token)
+    _pending = Generation(job=job, load_job=load_job, load_key=key, token=token,
+                          head_name=mesh.name, audio=audio, exp_pattern=settings.exp_pattern,
+                          label_parts=label_parts(settings), condition=condition,
+                          notes=list(target.notes))
+    STATE.running, STATE.progress, STATE.status, STATE.level = True, 0.0, "Starting…", "INFO"
+    return _pending
+
+
+def _end(job: Generation) -> None:
+    """Whatever the outcome: no temporary file, no token, no job left behind."""
+    global _pending
+    if _pending is job:
+        _pending = None
+    job.audio.cleanup()
+    worker = _client
+    if worker is not None:
+        worker.forget(job.job)
+        if job.load_job is not None:
+            worker.forget(job.load_job)
+    head = tagged_head(job)
+    if head is not None:
+        _untag(head, job.token)
+    _, strip = tagged_strip(job)
+    if strip is not None:
+        _untag(strip, job.token)
+    STATE.running, STATE.progress = False, 0.0
+
+
+def cancel_generation() -> bool:
+    """Ask the worker to stop the running job (also while it is still starting); the job ends
+    as cancelled at the next poll. False when nothing runs."""
+    job = _pending
+    if job is None or _client is None:
+        return False
+    for request in (job.job, job.load_job):
+        if request is not None:
+            _client.cancel(request)
+    return True
+
+
+def drop_generation(message: str) -> None:
+    """Cancel the running job and forget it now (another file is being opened: its result
+    must not be applied to whatever that file holds)."""
+    job = _pending
+    if job is None:
+        return
+    cancel_generation()
+    if _client is not None:
+        _client.drain()
+    _end(job)
+    if message:
+        _finish("INFO", message)
+
+
+def poll_generation() -> tuple[str, str] | None:
+    """Drain worker events; when the pending job ends, apply it. Returns (level, message)
+    when it ended (level: INFO, WARNING or ERROR), None while it runs."""
+    job = _pending
+    if job is None:
+        return None
+    worker = _client
+    if worker is not None:
+        worker.drain()
+    if job.load_job is not None and job.load_job.done:
+        reply = job.load_job.reply or {}
+        if reply.get("type") == protocol.LOADED and worker is not None:
+            worker.loaded_key = job.load_key
+            MODEL_INFO.update(reply.get("info", {}))
+    if not job.job.done:
+        STATE.progress = job.job.progress
+        if worker is not None and worker.starting:
+            STATE.status = "Starting the worker…"
+        else:
+            STATE.status = f"{job.job.stage or 'starting'} {job.job.progress:.0%}"
+        return None
+    reply = job.job.reply or {}
+    load_reply = job.load_job.reply if job.load_job is not None else None
+    try:
+        if load_reply is not None and load_reply.get("type") == protocol.ERROR:
+            return _finish("ERROR", load_reply["message"])
+        if reply.get("type") == protocol.CANCELLED:
+            return _finish("INFO", "Generation cancelled; nothing was changed.")
+        if reply.get("type") != protocol.RESULT:
+            return _finish("ERROR", reply.get("message", "The worker failed."))
+        try:
+            message = apply_result(job, reply)
+        except rig.RigError as exc:
+            return _finish("ERROR", str(exc))
+        except Exception as exc:  # the scene is restored by apply_result; say what happened
+            return _finish("ERROR", f"Could not apply the take: {exc}")
+        return _finish("INFO", message)
+    finally:
+        _end(job)
+
+
+def _finish(level: str, message: str) -> tuple[str, str]:
+    STATE.status, STATE.level = message, level
+    return level, message
+
+
+# -- applying a result -------------------------------------------------------------------------
+
+def placement_now(job: Generation) -> tuple[keys.Placement, str]:
+    """Where the take goes: the job's strip as it is now (the scene's frame rate or the strip
+    may have changed while the worker ran), keyed at the scene's current frame rate; the note
+    says what changed. A strip deleted meanwhile leaves the take where the strip was."""
+    audio = job.audio
+    scene, strip = tagged_strip(job)
+    if strip is None:
+        placement = keys.Placement(strip_start=audio.strip_start, fps=audio.fps,
+                                   sound_offset=audio.sound_offset, audio_start=audio.start,
+                                   frame_start=audio.frame_start, frame_end=audio.frame_end)
+        return placement, (f"The strip '{audio.strip_name}' was removed while generating; the "
+                           "take is placed where it was.")
+    fps = scene.render.fps / scene.render.fps_base
+    placement = keys.Placement(strip_start=float(compat.strip_content_start(strip)), fps=fps,
+                               sound_offset=float(getattr(strip, "sound_offset", 0.0)),
+                               audio_start=audio.start,
+                               frame_start=int(compat.strip_first_frame(strip)),
+                               frame_end=int(compat.strip_end_frame(strip)))
+    note = ""
+    if abs(fps - audio.fps) > 1e-6:
+        note = (f"The frame rate changed while generating ({audio.fps:g} → {fps:g} fps): the "
+                f"take is keyed at {fps:g} fps over the strip's frames "
+                f"{placement.frame_start}–{placement.frame_end - 1}.")
+    elif (placement.frame_start, placement.frame_end) != (audio.frame_start, audio.frame_end):
+        note = (f"The strip moved while generating: the take follows it (frames "
+                f"{placement.frame_start}–{placement.frame_end - 1}).")
+    return placement, note
+
+
+def apply_result(job: Generation, reply: dict[str, Any]) -> str:
+    """The result becomes a new take on the job's head: two new actions, keys, made active."""
+    mesh = tagged_head(job)
+    if mesh is None:
+        raise rig.RigError(f"The head '{job.head_name}' was deleted while generating.")
+    target = rig.describe_rig(mesh, exp_pattern=job.exp_pattern)
+    linked_mesh = rig.make_shape_keys_editable(target)
+    if linked_mesh is not None:
+        target = rig.describe_rig(mesh, exp_pattern=job.exp_pattern)
+    expression = np.asarray(reply["expression"], np.float64)
+    jaw = np.asarray(reply["jaw"], np.float64)
+    placement, placement_note = placement_now(job)
+    frame_info = flame_frame_for(target)
+    previous = (compat.active_action(target.shape_keys),
+                compat.active_action(target.armature) if target.armature else None,
+                mesh.emote_active_take)
+    created: list[Any] = []
+    try:
+        keys.remember_original_actions(mesh, target)
+        label = take_label(job.label_parts)
+        shape_action, armature_action = keys.new_take_actions(target, label)
+        created = [a for a in (shape_action, armature_action) if a is not None]
+        keys.store_raw(shape_action, expression, jaw, placement)
+        shape_action["emote_cached"] = int(bool(reply.get("cached")))
+        shape_action["emote_flame_frame"] = np.asarray(frame_info[0]).ravel().tolist() + [
+            frame_info[1]]
+        channels = keys.take_channels(target, expression, jaw, placement, motion.Controls(),
+                                      frame_info[:2])
+        notes = keys.write_channels(target, channels, shape_action, armature_action)
+        take = mesh.emote_takes.add()
+        take.name = f"{label} #{len(mesh.emote_takes)}"
+        take.label = label
+        take.shape_action = shape_action
+        take.armature_action = armature_action
+        _, strip = tagged_strip(job)
+        take.strip_name = strip.name if strip is not None else job.audio.strip_name
+        per_frame = any(isinstance(v, list) for v in job.condition.values())
+        take.condition = json.dumps("per-frame" if per_frame else job.condition)
+        keys.activate_take(target, take)
+        with takes_switched_by_code(mesh):
+            mesh.emote_active_take = len(mesh.emote_takes) - 1
+    except Exception:
+        # Nothing half-done stays in the scene.
+        if len(mesh.emote_takes) and mesh.emote_takes[-1].shape_action in created:
+            mesh.emote_takes.remove(len(mesh.emote_takes) - 1)
+        for action in created:
+            bpy.data.actions.remove(action)
+        compat.assign_action(target.shape_keys, previous[0])
+        if target.armature is not None:
+            compat.assign_action(target.armature, previous[1])
+        with takes_switched_by_code(mesh):
+            mesh.emote_active_take = previous[2]
+        if linked_mesh is not None:
+            override, mesh.data = mesh.data, linked_mesh
+            bpy.data.meshes.remove(override)
+        raise
+    if linked_mesh is not None:
+        notes.append(f"The mesh '{linked_mesh.name}' is linked: this head now uses a library "
+                     "override of it, so its shape keys can take keys.")
+    all_notes = (job.notes + ([placement_note] if placement_note else []) + notes
+                 + ([frame_info[2]] if frame_info[2] else []) + list(reply.get("warnings", [])))
+    message = f"New take '{take.name}': {len(channels.frames)} frames."
+    return " ".join([message] + all_notes)
+
+
+def flame_frame_for(target: rig.Rig) -> tuple[np.ndarray, float, str]:
+    flame = None
+    if target.armature is not None and "emote_flame_to_armature" not in target.armature:
+        try:
+            flame = flame_file(bpy.context)
+        except ValueError:
+            flame = None
+    return rig.flame_frame(target, flame)
+
+
+# -- takes -------------------------------------------------------------------------------------
+
+def reapply_take_controls(mesh: Any, take: Any) -> None:
+    """Rewrite a take's keys from its stored result with its current controls."""
+    if take.shape_action is None or "emote_expression" not in take.shape_action:
+        return
+    target = rig.describe_rig(mesh, exp_pattern=bpy.context.scene.emote.exp_pattern)
+    expression, jaw, placement = keys.load_raw(take.shape_action)
+    stored = np.asarray(take.shape_action.get("emote_flame_frame", []), np.float64)
+    frame = (stored[:9].reshape(3, 3), float(stored[9])) if len(stored) == 10 else \
+        flame_frame_for(target)[:2]
+    controls = motion.Controls(offset=take.offset, mouth=take.mouth, upper=take.upper,
+                               smoothing=take.smoothing)
+    channels = keys.take_channels(target, expression, jaw, placement, controls, frame)
+    keys.write_channels(target, channels, take.shape_action, take.armature_action)
+
+
+@contextlib.contextmanager
+def takes_switched_by_code(mesh: Any) -> Any:
+    """Change ``emote_active_take`` without its update callback re-assigning actions (the
+    caller assigns them itself)."""
+    mesh["emote_switching"] = True
+    try:
+        yield
+    finally:
+        del mesh["emote_switching"]
+
+
+def switch_take(mesh: Any) -> None:
+    if mesh.get("emote_switching"):
+        return
+    index = mesh.emote_active_take
+    if 0 <= index < len(mesh.emote_takes):
+        target = rig.describe_rig(mesh, exp_pattern=bpy.context.scene.emote.exp_pattern)
+        keys.activate_take(target, mesh.emote_takes[index])
+
+
+def active_take(context: Any) -> tuple[Any, rig.Rig, Any]:
+    """(head, rig, take) of the selected take, for baking and deleting."""
+    settings = context.scene.emote
+    mesh = settings.rig or rig.find_rig_object(context)
+    if mesh is None or not len(mesh.emote_takes):
+        raise ValueError("There is no take to use: generate one first.")
+    index = mesh.emote_active_take
+    if not 0 <= index < len(mesh.emote_takes):
+        raise ValueError("Select a take in the list.")
+    target = rig.describe_rig(mesh, exp_pattern=settings.exp_pattern)
+    rig.check_editable(target)
+    return mesh, target, mesh.emote_takes[index]
+
+
+# -- the UI's clock ----------------------------------------------------------------------------
+
+def wait_for_generation(poll: float = 0.02) -> tuple[str, str]:
+    """Block until the running job is applied (scripts: ``generate(wait=True)``)."""
+    while True:
+        result = poll_generation()
+        if result is not None:
+            return result
+        if _pending is None:
+            return "INFO", STATE.status or "Nothing is running."
+        time.sleep(poll)
+
+
+def watch() -> None:
+    """Poll the running job from a timer (the UI never waits for the worker)."""
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=0.1, persistent=True)
+
+
+def _timer() -> float | None:
+    result = poll_generation()
+    if result is None:
+        _redraw()
+        return 0.1 if _pending is not None else None
+    level, message = result
+    _redraw()
+    print(f"EMOTE: {message}")
+    if level == "INFO" and message.startswith("New take"):
+        with contextlib.suppress(RuntimeError):
+            bpy.ops.ed.undo_push(message="EMOTE take")
+    return None
+
+
+def _redraw() -> None:
+    for window in getattr(bpy.context.window_manager, "windows", []):
+        for area in window.screen.areas:
+            if area.type in ("VIEW_3D", "SEQUENCE_EDITOR"):
+                area.tag_redraw()
+
+
+@bpy.app.handlers.persistent
+def _on_load_pre(*args: Any) -> None:
+    if _pending is not None:
+        drop_generation("The generation was cancelled: another file was opened.")
+        print(f"EMOTE: {STATE.status}")
+    else:
+        STATE.status, STATE.level = "", "INFO"
+
+
+def register() -> None:
+    bpy.app.handlers.load_pre.append(_on_load_pre)
+    atexit.register(stop_worker)  # no orphan worker when Blender quits
+
+
+def unregister() -> None:
+    stop_worker()
+    atexit.unregister(stop_worker)
+    if bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.unregister(_timer)
+    while _on_load_pre in bpy.app.handlers.load_pre:
+        bpy.app.handlers.load_pre.remove(_on_load_pre)
