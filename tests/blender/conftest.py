@@ -12,6 +12,7 @@ fails the test.
 from __future__ import annotations
 
 import atexit
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -33,11 +34,14 @@ ADDON_CODE = r"bl_ext\..*emote_lipsync"
 # Blender reads its user folders when bpy is imported: point them at a throwaway place first
 # (removed when pytest finishes: Blender's exit handler ends the process before any exit
 # handler registered ahead of it runs).
+if importlib.util.find_spec("bpy") is None:
+    pytest.skip("bpy is not installed here (tools/setup_blender.sh makes .venv-bpy*)",
+                allow_module_level=True)
 _USER = Path(tempfile.mkdtemp(prefix="emote-blender-user-"))
 os.environ["BLENDER_USER_RESOURCES"] = str(_USER)
 
-bpy = pytest.importorskip("bpy")
-import addon_utils  # noqa: E402
+import bpy  # noqa: E402, I001  (bpy first: it makes addon_utils importable)
+import addon_utils  # noqa: E402, I001
 
 sys.path.insert(0, str(ROOT / "tools"))
 from extension_install import install_extension  # noqa: E402
