@@ -2,6 +2,8 @@
 """Loading the official release layout and our bundles: strict keys, safe unpickling."""
 
 import os
+import pathlib
+import pickle
 import shutil
 
 import numpy as np
@@ -12,10 +14,12 @@ from server.animator import Animator
 from server.audio import clip_from_samples
 from server.checkpoints import LoadedModel, ModelFolderError, load_model, save_bundle
 from server.safe_pickle import UnsafeFileError, foreign_pickle_module, load_torch_checkpoint
+from server.tensor_files import read_torch_file
 from tests.builders import (
     lightning_checkpoint,
     official_state_dict,
     random_model,
+    run_server,
     speech_like,
     write_official_release,
 )
@@ -90,17 +94,105 @@ class _Trap:
         return (os.system, (f"touch {self.target}",))
 
 
-def test_booby_trapped_checkpoint_is_refused_and_runs_nothing(tmp_path, release):
+class _EvalTrap(_Trap):
+    def __reduce__(self):
+        return (eval, (f"open({str(self.target)!r}, 'w')",))
+
+
+class _TouchTrap(_Trap):
+    def __reduce__(self):  # a bound method pickles as getattr(Path(...), "touch")
+        return (pathlib.Path(self.target).touch, ())
+
+
+def _weights():
+    return {"w": torch.zeros(2)}
+
+
+_B17 = {  # the booby-trapped checkpoints of row B17: each would touch the marker file
+    "reduce": lambda ckpt, m: torch.save({"state_dict": _weights(),
+                                          "hyper_parameters": _Trap(m)}, ckpt),
+    "eval": lambda ckpt, m: torch.save({"state_dict": _weights(), "x": _EvalTrap(m)}, ckpt),
+    "legacy-format": lambda ckpt, m: torch.save({"state_dict": _weights(), "x": _Trap(m)}, ckpt,
+                                                _use_new_zipfile_serialization=False),
+    "plain-pickle": lambda ckpt, m: ckpt.write_bytes(pickle.dumps({"x": _Trap(m)}, protocol=2)),
+    "numpy-object-array": lambda ckpt, m: torch.save(
+        {"state_dict": _weights(), "x": np.array([_Trap(m)], dtype=object)}, ckpt),
+    "getattr-touch": lambda ckpt, m: torch.save({"state_dict": _weights(), "x": _TouchTrap(m)},
+                                                ckpt),
+}
+
+
+@pytest.mark.parametrize("trap", list(_B17))
+def test_booby_trapped_checkpoint_is_refused_and_runs_nothing(tmp_path, release, trap):
     _, emote, _ = release
     folder = tmp_path / "EMOTE_v2"
     shutil.copytree(emote, folder)
     marker = tmp_path / "pwned"
     ckpt = folder / "checkpoints" / "last.ckpt"
-    torch.save({"state_dict": {"w": torch.zeros(2)}, "hyper_parameters": _Trap(marker)}, ckpt)
-    with pytest.raises(UnsafeFileError, match="posix.system|os.system"):
+    _B17[trap](ckpt, marker)
+    with pytest.raises(UnsafeFileError, match="system|eval|getattr"):
         load_torch_checkpoint(ckpt)
+    with pytest.raises(UnsafeFileError, match=str(ckpt)):
+        read_torch_file(ckpt)
     with pytest.raises(UnsafeFileError):
         load_model(folder, assets=emote.parents[2])
+    assert not marker.exists()
+
+
+def test_booby_trapped_flint_checkpoint_is_refused_and_runs_nothing(tmp_path):
+    emote, _ = write_official_release(tmp_path, seed=10)
+    marker = tmp_path / "pwned"
+    best = next(tmp_path.rglob("loss_total=0.0123.ckpt"))
+    _B17["reduce"](best, marker)
+    with pytest.raises(UnsafeFileError, match="system"):
+        load_model(emote)
+    assert not marker.exists()
+
+
+def _torchscript_archive(path, target):
+    """What ``torch.jit.save`` writes for a module whose exported ``__setstate__`` writes 32
+    bytes into ``target`` when the archive is loaded with torch.jit.load."""
+
+    class Sneaky(torch.nn.Module):
+        def __init__(self, target: str):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(2))
+            self.target = target
+
+        def forward(self, x):
+            return x
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.w, self.training, self.target)
+
+        @torch.jit.export
+        def __setstate__(self, state: tuple[torch.Tensor, bool, str]):
+            written = torch.from_file(state[2], shared=True, size=32,
+                                      dtype=torch.uint8).fill_(65)
+            self.w = state[0] + written[:2].to(torch.float32) * 0.0  # kept: used below
+            self.training = state[1]
+            self.target = state[2]
+
+    torch.jit.save(torch.jit.script(Sneaky(str(target))), path)
+
+
+def test_torchscript_checkpoint_is_refused_before_anything_is_unpickled(tmp_path, release):
+    assets, emote, _ = release
+    folder = tmp_path / "EMOTE_v2"
+    shutil.copytree(emote, folder)
+    marker = tmp_path / "written-by-the-archive"
+    ckpt = folder / "checkpoints" / "last.ckpt"
+    _torchscript_archive(ckpt, marker)
+    assert not marker.exists()
+    for loader in (load_torch_checkpoint, read_torch_file):
+        with pytest.raises(UnsafeFileError, match="is a TorchScript archive, not a checkpoint: "
+                                                  "it holds code, so it is not loaded"):
+            loader(ckpt)
+    with pytest.raises(UnsafeFileError):
+        load_model(folder, assets=assets)
+    result = run_server("info", "--model", folder, "--assets", assets)
+    assert result.returncode != 0 and "TorchScript archive" in result.stderr
     assert not marker.exists()
 
 
