@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import subprocess
 import sys
 from pathlib import Path
@@ -129,6 +130,30 @@ def synthetic_flame(n_vertices: int = 300, n_expression: int = 100, seed: int = 
 
 def write_synthetic_flame(path: Path, legacy: bool = False, seed: int = 0) -> Path:
     write_flame_file(path, synthetic_flame(seed=seed), legacy=legacy)
+    return path
+
+
+def write_damaged_flame(path: Path, damage: str) -> Path:
+    """A FLAME file that must be refused: ``"face-minus-one"`` (a face indexes vertex -1),
+    ``"nan-vertices"`` (NaN in v_template) or ``"bomb"`` (59 bytes asking for a 4 GB
+    ``bytearray`` as v_template)."""
+    if damage == "bomb":
+        path.write_bytes(b"\x80\x02}q\x00X\x0a\x00\x00\x00v_templateq\x01cbuiltins\nbytearray\n"
+                         b"q\x02\x8a\x05\x00(k\xee\x00\x85q\x03Rq\x04s.")
+        return path
+    data = synthetic_flame()
+    faces, v_template = data.faces.copy(), data.v_template.copy()
+    if damage == "face-minus-one":
+        faces[7, 2] = -1
+    elif damage == "nan-vertices":
+        v_template[11, 0] = np.nan
+    else:
+        raise ValueError(f"unknown damage {damage!r}")
+    payload = {"v_template": v_template, "f": faces, "shapedirs": data.shapedirs,
+               "posedirs": data.posedirs, "J_regressor": data.j_regressor,
+               "weights": data.weights, "kintree_table": data.kintree_table}
+    with open(path, "wb") as f:
+        pickle.dump(payload, f, protocol=2)
     return path
 
 

@@ -1,8 +1,9 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """``python -m tests.make_fixtures OUT``: the torch-side files the Blender tests need (run with
-the worker venv): a tiny model bundle, synthetic FLAME files in both conventions' layouts, and
-speech. ``python -m tests.make_fixtures --forward FLAME IN.npz OUT.npz``: FLAME vertices for
-(expression, jaw) rows, the geometric reference."""
+the worker venv): a tiny model bundle, synthetic FLAME files in both conventions' layouts,
+speech, the official release's FLAME folder (with DECA's landmark embedding) and FLAME files
+that must be refused. ``python -m tests.make_fixtures --forward FLAME IN.npz OUT.npz``: FLAME
+vertices for (expression, jaw) rows, the geometric reference."""
 
 from __future__ import annotations
 
@@ -19,6 +20,16 @@ def make(out: Path) -> None:
     builders.write_bundle(out / "bundle", seed=3)
     builders.write_synthetic_flame(out / "flame.pkl")
     builders.write_synthetic_flame(out / "flame_legacy.pkl", legacy=True)
+    # The official download's FLAME folder: generic_model.pkl beside DECA's embedding, whose
+    # contour entries are pickled torch tensors; what the files hold, for comparison.
+    geometry = out / "official" / "FLAME" / "geometry"
+    geometry.mkdir(parents=True, exist_ok=True)
+    builders.write_synthetic_flame(geometry / "generic_model.pkl", legacy=True)
+    embedding = builders.write_deca_landmark_embedding(geometry / "landmark_embedding.npy", seed=6)
+    np.savez(out / "official" / "expected.npz", v_template=builders.synthetic_flame().v_template,
+             **embedding)
+    for damage in ("face-minus-one", "nan-vertices", "bomb"):
+        builders.write_damaged_flame(out / f"flame_{damage}.pkl", damage)
     builders.write_wav(out / "speech.wav", 4.0, seed=5)
     builders.write_wav(out / "long.wav", 1200.0, seed=7)  # long enough to cancel or kill
 
