@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..audio import load_audio
-from ..safe_pickle import load_pickle, load_pickle_stream
+from ..safe_pickle import load_pickle, load_pickle_stream, read_regular_file
 from .data import write_index, write_sequence
 
 EMOTION_FOLDERS = {  # MEAD folder name → index in Neutral Happy Sad Surprise Fear Disgust
@@ -39,11 +39,12 @@ RECONSTRUCTION = "EMICA-MEAD_flame2020"
 
 def read_video_list(processed: Path) -> list[str]:
     """The ``video_list`` of ``metadata.pkl`` (its second pickle), read without running code."""
-    data = (processed / "metadata.pkl").read_bytes()
+    path = processed / "metadata.pkl"
+    data = read_regular_file(path)
     stream = io.BytesIO(data)
     items = []
     while stream.tell() < len(data) and len(items) < 2:
-        items.append(load_pickle_stream(stream))
+        items.append(load_pickle_stream(stream, source=f"'{path}'"))
     if len(items) < 2 or not isinstance(items[1], (list, tuple)):
         raise ValueError(f"'{processed / 'metadata.pkl'}' does not hold a video list.")
     return [str(v) for v in items[1]]
