@@ -149,12 +149,12 @@ def load_flame_file(path: str | Path, landmark_embedding: str | Path | None = No
     FLAME file when one is there; otherwise it is not touched.
     """
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise FlameFileError(f"FLAME file not found: '{path}'.")
-    if path.stat().st_size == 0:
+    if path.is_file() and path.stat().st_size == 0:
         raise FlameFileError(f"The FLAME file '{path}' is empty.")
     try:
-        raw = load_pickle(path)
+        raw = load_pickle(path)  # refuses folders, devices and pipes at once
     except (UnsafeFileError, FileNotFoundError):
         raise
     except FileReadError as exc:  # a truncated, damaged or non-pickle file

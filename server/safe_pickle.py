@@ -47,7 +47,12 @@ class UnsafeFileError(ValueError):
 
 
 class FileReadError(ValueError):
-    """A file could not be read; the message is a sentence that names it and says why."""
+    """A file could not be read; the message is a sentence that names it and says why, and
+    ``reason`` is the why alone ("it is damaged: ...")."""
+
+    def __init__(self, message: str, reason: str | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason or message
 
 
 class Refusal(Exception):
@@ -71,9 +76,11 @@ def open_regular_file(path: str | Path) -> BinaryIO:
     fd = os.open(path, flags)
     try:
         mode = os.fstat(fd).st_mode
+        if stat.S_ISDIR(mode):
+            raise ValueError(f"'{path}' is a folder, not a file.")
         if not stat.S_ISREG(mode):
-            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file"
-            raise ValueError(f"'{path}' is {kind}, not a file that can be read.")
+            raise ValueError(f"'{path}' is not a regular file (it is a device, a pipe or a "
+                             "socket), so it is not read.")
         if hasattr(os, "set_blocking"):
             os.set_blocking(fd, True)
         return os.fdopen(fd, "rb")
@@ -523,8 +530,9 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - its opcode handl
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
                 IndexError, KeyError, struct_error, OverflowError, MemoryError,
                 UnicodeError) as exc:
-            raise FileReadError(f"Could not read {self.source}: it is damaged or not a pickle "
-                             f"of data ({type(exc).__name__}: {str(exc)[:200]}).") from None
+            reason = (f"it is damaged or not a pickle of data ({type(exc).__name__}: "
+                      f"{str(exc)[:200]})")
+            raise FileReadError(f"Could not read {self.source}: {reason}.", reason) from None
         finally:
             _reading.sources.pop()
 
@@ -543,7 +551,8 @@ def refusal_error(refusal: Refusal, source: str) -> ValueError:
     if refusal.unsafe:
         return UnsafeFileError(f"Refused to load {source}: {refusal.detail}. The file is "
                                "damaged or was made to harm this computer; do not use it.")
-    return FileReadError(f"{source} is damaged: {refusal.detail}.")
+    return FileReadError(f"{source} is damaged: {refusal.detail}.",
+                         f"it is damaged: {refusal.detail}")
 
 
 def _remaining(stream: Any) -> int:

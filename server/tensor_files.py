@@ -264,30 +264,39 @@ def read_torch_file(path: str | Path) -> Any:
     stream format; tensors tagged ``cuda:0`` load like any other. Lightning, OmegaConf and
     optimizer objects become inert :class:`server.safe_pickle.Stub` records. Raises
     :class:`server.safe_pickle.UnsafeFileError` for TorchScript archives and for pickles that
-    ask to run code, ``ValueError`` (one sentence naming the file) for damaged or foreign files,
-    ``FileNotFoundError`` when there is no file.
+    ask to run code, ``ValueError`` (one sentence naming the file) for missing, damaged or
+    foreign files.
     """
     path = Path(path)
     source = f"'{path}'"
-    with open_regular_file(path) as f:
+    with _open(path, "checkpoint") as f:
         size = os.fstat(f.fileno()).st_size
         if size == 0:
-            raise ValueError(f"The checkpoint '{path}' is empty.")
+            raise FileReadError(f"The checkpoint '{path}' is empty.")
         head = f.read(512)
         f.seek(0)
         try:
             if head.startswith(b"PK"):
                 return _read_zip(f, source, size)
             if head[257:262] == b"ustar":
-                raise ValueError(f"'{path}' is in the tar format of PyTorch before 0.4, which "
+                raise FileReadError(f"'{path}' is in the tar format of PyTorch before 0.4, which "
                                  "is not supported.")
             return _read_legacy(f.read(), source)
         except Refusal as refusal:
             raise refusal_error(refusal, source) from None
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, struct.error,
                 NotImplementedError, UnicodeError) as exc:
-            raise ValueError(f"Could not read the checkpoint '{path}': it is truncated or "
+            raise FileReadError(f"Could not read the checkpoint '{path}': it is truncated or "
                              f"damaged ({exc}).") from None
+
+
+def _open(path: Path, kind: str) -> BinaryIO:
+    try:
+        return open_regular_file(path)
+    except FileNotFoundError:
+        raise FileReadError(f"The {kind} '{path}' was not found.") from None
+    except OSError as exc:
+        raise FileReadError(f"The {kind} '{path}' could not be opened ({exc.strerror}).") from None
 
 
 def _is_torchscript(names: list[str]) -> bool:
@@ -308,7 +317,7 @@ def _read_zip(f: BinaryIO, source: str, size: int) -> Any:
         pickles = [name for name in infos if name.count("/") == 1 and
                    name.endswith("/data.pkl")]
         if len(pickles) != 1:
-            raise ValueError(f"{source} is a zip archive but not a PyTorch checkpoint (it "
+            raise FileReadError(f"{source} is a zip archive but not a PyTorch checkpoint (it "
                              f"holds {'no' if not pickles else 'several'} data.pkl).")
         prefix = pickles[0][: -len("data.pkl")]
 
@@ -457,51 +466,51 @@ class _Layout:
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
-        raise ValueError("a name appears twice in the header")
+        raise FileReadError("a name appears twice in the header")
     return result
 
 
 def _safetensors_layout(f: BinaryIO, path: Path) -> _Layout:
     size = os.fstat(f.fileno()).st_size
     if size < 8:
-        raise ValueError(f"'{path}' is not a safetensors file: it is too short to hold a "
+        raise FileReadError(f"'{path}' is not a safetensors file: it is too short to hold a "
                          "header.")
     (length,) = struct.unpack("<Q", f.read(8))
     if length > min(size - 8, _HEADER_LIMIT) or length < 2:
-        raise ValueError(f"'{path}' is not a safetensors file or is truncated: its header "
+        raise FileReadError(f"'{path}' is not a safetensors file or is truncated: its header "
                          f"claims {length:,} bytes and the file holds {size - 8:,} after it.")
     try:
         header = json.loads(f.read(length).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise ValueError(f"'{path}' is not a safetensors file: its header is not valid JSON "
+        raise FileReadError(f"'{path}' is not a safetensors file: its header is not valid JSON "
                          f"({exc}).") from None
     if not isinstance(header, dict):
-        raise ValueError(f"'{path}' is not a safetensors file: its header is not a table.")
+        raise FileReadError(f"'{path}' is not a safetensors file: its header is not a table.")
     metadata = header.pop("__metadata__", None) or {}
     if not isinstance(metadata, dict) or not all(
             isinstance(v, str) for v in metadata.values()):
-        raise ValueError(f"'{path}' is damaged: its metadata is not a table of strings.")
+        raise FileReadError(f"'{path}' is damaged: its metadata is not a table of strings.")
     data_size = size - 8 - length
     tensors = {}
     for name, entry in header.items():
         where = f"'{path}' is damaged: the tensor '{name}'"
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
-            raise ValueError(f"{where} is not described by dtype, shape and data_offsets.")
+            raise FileReadError(f"{where} is not described by dtype, shape and data_offsets.")
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in _SAFETENSORS_TYPES:
-            raise ValueError(f"'{path}': the tensor '{name}' has the type {dtype!r:.20}, which "
+            raise FileReadError(f"'{path}': the tensor '{name}' has the type {dtype!r:.20}, which "
                              "is not supported (F32, F64, F16, BF16, I64, I32, I16, I8, U8, "
                              "U16, U32, U64, BOOL).")
         if not isinstance(shape, list) or not all(
                 type(n) is int and n >= 0 for n in shape):
-            raise ValueError(f"{where} has the impossible shape {shape!r:.80}.")
+            raise FileReadError(f"{where} has the impossible shape {shape!r:.80}.")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(
                 type(n) is int for n in offsets) and 0 <= offsets[0] <= offsets[1] <= data_size):
-            raise ValueError(f"{where} lies outside the file's {data_size:,} bytes of data "
+            raise FileReadError(f"{where} lies outside the file's {data_size:,} bytes of data "
                              f"({offsets!r:.60}).")
         nbytes = math.prod(shape) * _SAFETENSORS_TYPES[dtype].dtype.itemsize
         if offsets[1] - offsets[0] != nbytes:
-            raise ValueError(f"{where} of shape {tuple(shape)} and type {dtype} needs "
+            raise FileReadError(f"{where} of shape {tuple(shape)} and type {dtype} needs "
                              f"{nbytes:,} bytes but is given {offsets[1] - offsets[0]:,}.")
         tensors[name] = (dtype, tuple(shape), offsets[0], offsets[1])
     return _Layout(metadata, tensors, 8 + length)
@@ -511,7 +520,7 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
     """Name → (safetensors dtype such as ``"F32"``, shape) of every tensor in a ``.safetensors``
     file, every size checked against the file; nothing but the header is read."""
     path = Path(path)
-    with open_regular_file(path) as f:
+    with _open(path, "safetensors file") as f:
         layout = _safetensors_layout(f, path)
     return {name: (dtype, shape) for name, (dtype, shape, _, _) in layout.tensors.items()}
 
@@ -519,7 +528,7 @@ def safetensors_header(path: str | Path) -> dict[str, tuple[str, tuple[int, ...]
 def safetensors_metadata(path: str | Path) -> dict[str, str]:
     """The ``__metadata__`` table of a ``.safetensors`` file (empty when it has none)."""
     path = Path(path)
-    with open_regular_file(path) as f:
+    with _open(path, "safetensors file") as f:
         return dict(_safetensors_layout(f, path).metadata)
 
 
@@ -528,12 +537,12 @@ def read_safetensors(path: str | Path, names: list[str] | None = None
     """The tensors of a ``.safetensors`` file (all, or ``names``) as native NumPy arrays; BF16
     becomes float32 exactly. Sizes are checked before anything is allocated."""
     path = Path(path)
-    with open_regular_file(path) as f:
+    with _open(path, "safetensors file") as f:
         layout = _safetensors_layout(f, path)
         wanted = list(layout.tensors) if names is None else list(names)
         missing = [n for n in wanted if n not in layout.tensors]
         if missing:
-            raise ValueError(f"'{path}' has no tensor named {', '.join(map(repr, missing))}.")
+            raise FileReadError(f"'{path}' has no tensor named {', '.join(map(repr, missing))}.")
         arrays = {}
         for name in wanted:
             dtype, shape, begin, end = layout.tensors[name]
@@ -542,7 +551,7 @@ def read_safetensors(path: str | Path, names: list[str] | None = None
             if end > begin:
                 f.seek(layout.data_start + begin)
                 if f.readinto(memoryview(raw.reshape(-1)).cast("B")) != end - begin:
-                    raise ValueError(f"'{path}' is truncated: the tensor '{name}' ends past the "
+                    raise FileReadError(f"'{path}' is truncated: the tensor '{name}' ends past the "
                                      "end of the file.")
             if dtype == "BOOL":
                 arrays[name] = raw != 0

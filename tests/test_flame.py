@@ -152,6 +152,11 @@ def test_file_of_another_kind_is_refused_clearly(tmp_path):
         load_flame_file(text)
     with pytest.raises(FlameFileError, match="not found"):
         load_flame_file(tmp_path / "missing.pkl")
+    (tmp_path / "zero.pkl").symlink_to("/dev/zero")
+    with pytest.raises(FlameFileError, match="is not a regular file"):
+        load_flame_file(tmp_path / "zero.pkl")
+    with pytest.raises(FlameFileError, match="is a folder"):
+        load_flame_file(tmp_path)
 
 
 # -- damaged files, memory bombs (rows B22-B24, D25) --------------------------------------------

@@ -204,6 +204,10 @@ def test_damaged_and_foreign_files_are_named_in_one_sentence(tmp_path):
     path.write_bytes(pickle.dumps({"a": 1}))
     with pytest.raises(ValueError, match="is not a PyTorch checkpoint"):
         read_torch_file(path)
+    with pytest.raises(ValueError, match="The checkpoint .*missing.ckpt' was not found"):
+        read_torch_file(tmp_path / "missing.ckpt")
+    with pytest.raises(ValueError, match="The safetensors file .* was not found"):
+        read_safetensors(tmp_path / "missing.safetensors")
 
 
 def test_devices_folders_and_fifos_are_refused_at_once(tmp_path):
