@@ -280,14 +280,14 @@ def read_torch_file(path: str | Path) -> Any:
                 return _read_zip(f, source, size)
             if head[257:262] == b"ustar":
                 raise FileReadError(f"'{path}' is in the tar format of PyTorch before 0.4, which "
-                                 "is not supported.")
+                                    "is not supported.")
             return _read_legacy(f.read(), source)
         except Refusal as refusal:
             raise refusal_error(refusal, source) from None
         except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, struct.error,
                 NotImplementedError, UnicodeError) as exc:
             raise FileReadError(f"Could not read the checkpoint '{path}': it is truncated or "
-                             f"damaged ({exc}).") from None
+                                f"damaged ({exc}).") from None
 
 
 def _open(path: Path, kind: str) -> BinaryIO:
@@ -318,7 +318,7 @@ def _read_zip(f: BinaryIO, source: str, size: int) -> Any:
                    name.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise FileReadError(f"{source} is a zip archive but not a PyTorch checkpoint (it "
-                             f"holds {'no' if not pickles else 'several'} data.pkl).")
+                                f"holds {'no' if not pickles else 'several'} data.pkl).")
         prefix = pickles[0][: -len("data.pkl")]
 
         def entry(name: str) -> bytes:
@@ -474,16 +474,16 @@ def _safetensors_layout(f: BinaryIO, path: Path) -> _Layout:
     size = os.fstat(f.fileno()).st_size
     if size < 8:
         raise FileReadError(f"'{path}' is not a safetensors file: it is too short to hold a "
-                         "header.")
+                            "header.")
     (length,) = struct.unpack("<Q", f.read(8))
     if length > min(size - 8, _HEADER_LIMIT) or length < 2:
         raise FileReadError(f"'{path}' is not a safetensors file or is truncated: its header "
-                         f"claims {length:,} bytes and the file holds {size - 8:,} after it.")
+                            f"claims {length:,} bytes and the file holds {size - 8:,} after it.")
     try:
         header = json.loads(f.read(length).decode("utf-8"), object_pairs_hook=_no_duplicates)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise FileReadError(f"'{path}' is not a safetensors file: its header is not valid JSON "
-                         f"({exc}).") from None
+                            f"({exc}).") from None
     if not isinstance(header, dict):
         raise FileReadError(f"'{path}' is not a safetensors file: its header is not a table.")
     metadata = header.pop("__metadata__", None) or {}
@@ -499,19 +499,19 @@ def _safetensors_layout(f: BinaryIO, path: Path) -> _Layout:
         dtype, shape, offsets = entry["dtype"], entry["shape"], entry["data_offsets"]
         if dtype not in _SAFETENSORS_TYPES:
             raise FileReadError(f"'{path}': the tensor '{name}' has the type {dtype!r:.20}, which "
-                             "is not supported (F32, F64, F16, BF16, I64, I32, I16, I8, U8, "
-                             "U16, U32, U64, BOOL).")
+                                "is not supported (F32, F64, F16, BF16, I64, I32, I16, I8, U8, "
+                                "U16, U32, U64, BOOL).")
         if not isinstance(shape, list) or not all(
                 type(n) is int and n >= 0 for n in shape):
             raise FileReadError(f"{where} has the impossible shape {shape!r:.80}.")
         if not (isinstance(offsets, list) and len(offsets) == 2 and all(
                 type(n) is int for n in offsets) and 0 <= offsets[0] <= offsets[1] <= data_size):
             raise FileReadError(f"{where} lies outside the file's {data_size:,} bytes of data "
-                             f"({offsets!r:.60}).")
+                                f"({offsets!r:.60}).")
         nbytes = math.prod(shape) * _SAFETENSORS_TYPES[dtype].dtype.itemsize
         if offsets[1] - offsets[0] != nbytes:
             raise FileReadError(f"{where} of shape {tuple(shape)} and type {dtype} needs "
-                             f"{nbytes:,} bytes but is given {offsets[1] - offsets[0]:,}.")
+                                f"{nbytes:,} bytes but is given {offsets[1] - offsets[0]:,}.")
         tensors[name] = (dtype, tuple(shape), offsets[0], offsets[1])
     return _Layout(metadata, tensors, 8 + length)
 
@@ -552,7 +552,7 @@ def read_safetensors(path: str | Path, names: list[str] | None = None
                 f.seek(layout.data_start + begin)
                 if f.readinto(memoryview(raw.reshape(-1)).cast("B")) != end - begin:
                     raise FileReadError(f"'{path}' is truncated: the tensor '{name}' ends past the "
-                                     "end of the file.")
+                                        "end of the file.")
             if dtype == "BOOL":
                 arrays[name] = raw != 0
             elif element.bfloat16 or not raw.dtype.isnative:
