@@ -436,3 +436,37 @@ def test_safetensors_with_a_name_twice_is_refused(tmp_path):
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + b"\x01")
     with pytest.raises(ValueError, match="a name appears twice"):
         read_safetensors(path)
+
+
+def test_a_real_lightning_checkpoint_reads_exactly(tmp_path):
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self, width: int = 3):
+            super().__init__()
+            self.save_hyperparameters()
+            self.linear = torch.nn.Linear(width, 2)
+            self.norm = torch.nn.BatchNorm1d(2)
+
+        def training_step(self, batch, index):
+            return self.norm(self.linear(batch[0])).pow(2).mean()
+
+        def configure_optimizers(self):
+            optimizer = torch.optim.Adam(self.parameters(), 1e-3)
+            return [optimizer], [torch.optim.lr_scheduler.StepLR(optimizer, 1)]
+
+    torch.manual_seed(0)
+    module = Module()
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 3)),
+                                       batch_size=4)
+    trainer = L.Trainer(max_steps=2, default_root_dir=tmp_path, logger=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path,
+                                                                       save_last=True)])
+    trainer.fit(module, data)
+    checkpoint = read_torch_file(tmp_path / "last.ckpt")
+    assert checkpoint["global_step"] == 2 and checkpoint["hyper_parameters"] == {"width": 3}
+    for name, value in module.state_dict().items():
+        assert np.array_equal(checkpoint["state_dict"][name], value.numpy()), name
+    adam = checkpoint["optimizer_states"][0]["state"][0]
+    assert adam["exp_avg"].shape == (2, 3) and np.isfinite(adam["exp_avg"]).all()
