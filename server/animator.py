@@ -8,7 +8,8 @@ the FLINT decoder, so re-generating the same audio with another emotion is nearl
 
 Audio of any length is processed in overlapping windows aligned to FLINT's 8-frame latent grid
 and cross-faded in the overlap. A clip that fits one window is processed whole, giving exactly
-the whole-clip result.
+the whole-clip result. The networks run in a backend (:mod:`server.backends`): ONNX Runtime or
+torch; this module imports neither.
 """
 
 from __future__ import annotations
@@ -16,26 +17,23 @@ from __future__ import annotations
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
 from .audio import FPS, SAMPLES_PER_FRAME, AudioClip, normalise
-from .checkpoints import LoadedModel
+from .backends import Backend, Cancelled, check_cancel, make_backend
+from .checkpoints import LoadedModel, ModelSource
 from .condition import ConditionSpace
+
+__all__ = ["Animator", "AudioFeatures", "Cancelled", "Take", "crossfade", "plan_windows"]
 
 DEFAULT_WINDOW = 1200  # frames (48 s): the official maximum, so such clips are processed whole
 DEFAULT_OVERLAP = 96  # frames (3.84 s) shared by neighbouring windows, cross-faded
 
 Progress = Callable[[str, float], None]
-
-
-class Cancelled(Exception):
-    """The job was cancelled by the user."""
 
 
 @dataclass
@@ -45,7 +43,7 @@ class AudioFeatures:
     key: str
     frames: int
     windows: list[tuple[int, int]]  # [start, end) frames
-    features: list[torch.Tensor]  # each (1, end - start, feature_dim)
+    features: list[np.ndarray]  # each (end - start, feature_dim) float32
 
 
 @dataclass
@@ -62,24 +60,6 @@ class Take:
     @property
     def frames(self) -> int:
         return int(self.expression.shape[0])
-
-
-def pick_device(requested: str = "auto") -> torch.device:
-    """``auto``: CUDA, then Apple MPS, then CPU. An unavailable explicit choice is an error."""
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda")
-        mps = getattr(torch.backends, "mps", None)
-        if mps is not None and mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but this Python's torch has no usable CUDA device "
-                         f"(torch {torch.__version__}). Choose 'auto' or 'cpu', or install a "
-                         "CUDA build of torch.")
-    if requested not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"Unknown device '{requested}': use auto, cpu, cuda or mps.")
-    return torch.device(requested)
 
 
 def plan_windows(frames: int, window: int, overlap: int, grid: int = 8) -> list[tuple[int, int]]:
@@ -119,23 +99,38 @@ def crossfade(parts: list[np.ndarray], windows: list[tuple[int, int]], frames: i
 
 
 class Animator:
-    """Loaded model + feature cache. Thread-safe for one job at a time per instance."""
+    """A model in a backend + feature cache. Thread-safe for one job at a time per instance.
 
-    def __init__(self, loaded: LoadedModel, device: str = "auto", cache_size: int = 8,
-                 window: int = DEFAULT_WINDOW, overlap: int = DEFAULT_OVERLAP) -> None:
-        self.loaded = loaded
-        self.device = pick_device(device)
-        self.model = loaded.model.to(self.device).eval()
-        config = loaded.config
+    ``model`` is a :class:`~server.checkpoints.ModelSource` (run in the ``backend`` chosen by
+    :func:`server.backends.choose`) or a :class:`~server.checkpoints.LoadedModel` whose torch
+    modules are already built (run by torch)."""
+
+    def __init__(self, model: ModelSource, device: str = "auto", cache_size: int = 8,
+                 window: int = DEFAULT_WINDOW, overlap: int = DEFAULT_OVERLAP,
+                 backend: str = "auto", threads: int | None = None) -> None:
+        config = model.config
+        self.grid = config.flint.frames_per_latent
+        plan_windows(0, window, overlap, self.grid)  # a bad window is an error now, not later
+        self.loaded = model
+        if isinstance(model, LoadedModel) and model.model is not None:
+            from .backends.pytorch import TorchBackend
+
+            self.backend: Backend = TorchBackend(model.model, device, threads)
+        else:
+            self.backend = make_backend(model, backend, device, threads)
+        self.device = self.backend.device
         self.space = ConditionSpace(tuple(config.emotions), tuple(config.intensities),
                                     tuple(config.styles))
-        self.grid = config.flint.frames_per_latent
         self.window = window
         self.overlap = overlap
         self.cache_size = cache_size
         self._cache: OrderedDict[str, AudioFeatures] = OrderedDict()
         self._lock = threading.Lock()
         self.stats = {"audio_encodes": 0, "cache_hits": 0, "decodes": 0}
+
+    def info(self) -> dict[str, Any]:
+        """The model's description plus what runs it."""
+        return {**self.loaded.info(), **self.backend.describe()}
 
     # ---------------------------------------------------------------------------------------
     def encode(self, clip: AudioClip, progress: Progress | None = None,
@@ -150,18 +145,16 @@ class Animator:
                 return self._cache[key]
         # The official model frames audio as (T, 640): trailing samples are dropped, and the
         # processor normalises what is kept, over the whole clip.
-        wave = torch.from_numpy(normalise(clip.samples[: frames * SAMPLES_PER_FRAME]))
+        wave = normalise(clip.samples[: frames * SAMPLES_PER_FRAME])
         windows = plan_windows(frames, self.window, self.overlap, self.grid)
         features = []
-        with torch.inference_mode(), _checked_in_layers(self.model.audio_model, cancel):
-            for i, (start, end) in enumerate(windows):
-                _check(cancel)
-                chunk = wave[start * SAMPLES_PER_FRAME: end * SAMPLES_PER_FRAME]
-                chunk = chunk.to(self.device)[None]
-                features.append(self.model.encode_audio(chunk, end - start))
-                self.stats["audio_encodes"] += 1
-                if progress:
-                    progress("audio", (i + 1) / len(windows))
+        for i, (start, end) in enumerate(windows):
+            check_cancel(cancel)
+            chunk = wave[start * SAMPLES_PER_FRAME: end * SAMPLES_PER_FRAME]
+            features.append(self.backend.encode_audio(chunk, end - start, cancel))
+            self.stats["audio_encodes"] += 1
+            if progress:
+                progress("audio", (i + 1) / len(windows))
         result = AudioFeatures(key=key, frames=frames, windows=windows, features=features)
         with self._lock:
             self._cache[key] = result
@@ -173,16 +166,14 @@ class Animator:
                progress: Progress | None = None, cancel: threading.Event | None = None) -> Take:
         """Expression and jaw for ``condition`` (names dict, (C,) vector, or (N, C) curve)."""
         per_frame = self.space.per_frame(condition, features.frames)
-        cond = torch.from_numpy(per_frame).to(self.device)
+        cond = np.ascontiguousarray(per_frame, np.float32)
         parts = []
-        with torch.inference_mode():
-            pairs = zip(features.windows, features.features, strict=True)
-            for i, ((start, end), feats) in enumerate(pairs):
-                _check(cancel)
-                motion = self.model.decode(feats, cond[start:end][None])  # (1, n, 103)
-                parts.append(motion[0].double().cpu().numpy())
-                if progress:
-                    progress("motion", (i + 1) / len(features.windows))
+        pairs = zip(features.windows, features.features, strict=True)
+        for i, ((start, end), feats) in enumerate(pairs):
+            check_cancel(cancel)
+            parts.append(self.backend.decode(feats, cond[start:end]).astype(np.float64))
+            if progress:
+                progress("motion", (i + 1) / len(features.windows))
         self.stats["decodes"] += 1
         motion = crossfade(parts, features.windows, features.frames)
         n_exp = self.loaded.config.n_expression
@@ -202,26 +193,3 @@ class Animator:
 
     def cached(self, clip: AudioClip) -> bool:
         return self._cache_key(clip) in self._cache
-
-
-def _check(cancel: threading.Event | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("Cancelled.")
-
-
-@contextmanager
-def _checked_in_layers(module: torch.nn.Module, cancel: threading.Event | None
-                       ) -> Iterator[None]:
-    """Check ``cancel`` before each innermost layer of ``module`` runs, so that a cancel stops
-    an audio window (up to 48 s of speech through wav2vec2) within one layer, not at its end:
-    that takes seconds when the CPU is shared, e.g. with a render."""
-    if cancel is None:
-        yield
-        return
-    handles = [layer.register_forward_pre_hook(lambda *_: _check(cancel))
-               for layer in module.modules() if next(layer.children(), None) is None]
-    try:
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""From files on disk to a ready :class:`~server.models.emote.EmoteModel`.
+"""From files on disk to a model: its config and its weights as NumPy arrays, without torch.
 
 Two kinds of model folder are understood:
 
@@ -8,13 +8,18 @@ Two kinds of model folder are understood:
 * **our bundle**: ``config.json`` + ``model.safetensors`` (+ an optional FLAME reference), the
   format our training pipeline exports.
 
+:func:`read_model` gives a :class:`ModelSource` (config + weights); either backend runs it.
 Every key is accounted for: a missing or unexpected weight is an error naming it, except the
-documented extras of the official checkpoint (renderer and FLAME buffers).
+documented extras of the official checkpoint (renderer and FLAME buffers); weights must be
+finite floating-point numbers of the shape the config implies, and a bundle's shapes are
+checked from the file's header before any weight is read. :func:`load_model` builds the torch
+modules (training, export, CUDA); torch is imported only there and in the bundle writers.
 """
 
 from __future__ import annotations
 
 import json
+import numbers
 import os
 import re
 import tempfile
@@ -23,11 +28,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
+import numpy as np
 
-from .models.emote import MEAD_STYLES, EmoteConfig, EmoteModel
-from .models.flint import Flint, FlintConfig
-from .safe_pickle import load_torch_checkpoint
+from .builtin import DEMO_MODEL_DIR
+from .config import (
+    FLINT_DECODER_PREFIX,
+    WAV2VEC2_BASE,
+    WAV2VEC2_OTHER_KEYS,
+    EmoteConfig,
+    FlintConfig,
+    Shapes,
+    emote_weights,
+)
+from .protocol import EMOTIONS, MEAD_STYLES
 
 BUNDLE_FORMAT = "emote-bundle"
 FLINT_BUNDLE_FORMAT = "flint-bundle"
@@ -43,7 +56,9 @@ IGNORED_PREFIXES = (
     "sequence_decoder.motion_prior.preprocessor.",
     "sequence_decoder.motion_prior.postprocessor.",
 )
-FLINT_DECODER_PREFIX = "sequence_decoder.motion_prior.motion_decoder."
+
+
+MAX_CONDITION_NAMES = 10_000  # emotions, intensities or speaking styles an official config names
 
 
 class ModelFolderError(ValueError):
@@ -51,19 +66,20 @@ class ModelFolderError(ValueError):
 
 
 @dataclass
-class LoadedModel:
-    model: EmoteModel
+class ModelSource:
+    """A model as read from disk: what it is and its weights (official names, NumPy)."""
+
     config: EmoteConfig
     kind: str  # "official" or "bundle"
     source: Path
     flint_source: str
+    state: dict[str, np.ndarray] = field(default_factory=dict)
     flame_path: Path | None = None
     notes: list[str] = field(default_factory=list)
 
     def info(self) -> dict[str, Any]:
         """What the model is, for ``python -m server info`` and the add-on."""
         c = self.config
-        n_params = sum(p.numel() for p in self.model.parameters())
         return {
             "kind": self.kind,
             "source": str(self.source),
@@ -75,44 +91,75 @@ class LoadedModel:
             "jaw_dim": 3,
             "fps": 25,
             "frames_per_latent": c.flint.frames_per_latent,
-            "audio_hidden_size": self.model.audio_model.hidden_size,
-            "audio_layers": int(self.model.audio_model.model.config.num_hidden_layers),
-            "parameters": int(n_params),
+            "audio_hidden_size": c.audio.hidden_size,
+            "audio_layers": c.audio.num_hidden_layers,
+            "parameters": self.parameter_count(),
             "flint": self.flint_source,
             "flame": str(self.flame_path) if self.flame_path else None,
             "notes": list(self.notes),
         }
 
 
+    def parameter_count(self) -> int:
+        return int(sum(v.size for k, v in self.state.items()
+                       if not k.endswith("num_batches_tracked")))
+
+
+@dataclass
+class LoadedModel(ModelSource):
+    """A model with its torch modules built (the torch backend, training, export)."""
+
+    model: Any = None  # server.models.emote.EmoteModel
+
+    def parameter_count(self) -> int:
+        if self.model is None:
+            return super().parameter_count()
+        return int(sum(p.numel() for p in self.model.parameters()))
+
+
 # --------------------------------------------------------------------------------------------
-# Entry point
+# Entry points
 
 
-def load_model(folder: str | Path | None = None, assets: str | Path | None = None
-               ) -> LoadedModel:
-    """Load an official EMOTE v2 folder or one of our bundles, weights on CPU, in eval mode.
-    No folder means the built-in demo model (``server/demo/model``)."""
+def read_model(folder: str | Path | None = None, assets: str | Path | None = None
+               ) -> ModelSource:
+    """Read an official EMOTE v2 folder or one of our bundles: config and checked weights.
+    No folder means the built-in demo model."""
     if folder is None:
-        from .demo.recipe import MODEL_DIR
-
-        if not (MODEL_DIR / "config.json").is_file():
+        if not (DEMO_MODEL_DIR / "config.json").is_file():
             raise ModelFolderError(f"The built-in demo model is missing from this install "
-                                   f"('{MODEL_DIR}'); choose an EMOTE_v2 folder or a bundle.")
-        folder = MODEL_DIR
+                                   f"('{DEMO_MODEL_DIR}'); choose an EMOTE_v2 folder or a "
+                                   "bundle.")
+        folder = DEMO_MODEL_DIR
     folder = Path(folder).expanduser()
     if not folder.is_dir():
         raise ModelFolderError(f"Model folder not found: '{folder}'.")
     if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
-        loaded = load_bundle(folder)
-    elif (folder / "cfg.yaml").is_file():
-        loaded = load_official(folder, assets)
-    else:
-        raise ModelFolderError(
-            f"'{folder}' is not an EMOTE model folder. Expected either the official release "
-            "folder (cfg.yaml and checkpoints/last.ckpt, e.g. TalkingHead/models/EMOTE_v2) or a "
-            "bundle (config.json and model.safetensors).")
-    loaded.model.eval()
-    return loaded
+        return read_bundle(folder)
+    if (folder / "cfg.yaml").is_file():
+        return read_official(folder, assets)
+    raise ModelFolderError(
+        f"'{folder}' is not an EMOTE model folder. Expected either the official release "
+        "folder (cfg.yaml and checkpoints/last.ckpt, e.g. TalkingHead/models/EMOTE_v2) or a "
+        "bundle (config.json and model.safetensors).")
+
+
+def load_model(folder: str | Path | None = None, assets: str | Path | None = None
+               ) -> LoadedModel:
+    """:func:`read_model`, then the torch modules with those weights, on CPU, in eval mode."""
+    source = read_model(folder, assets)
+    model = build_torch_model(source)
+    fields = {f: getattr(source, f) for f in ModelSource.__dataclass_fields__ if f != "state"}
+    return LoadedModel(**fields, model=model)  # the weights now live in the modules
+
+
+def build_torch_model(source: ModelSource) -> Any:
+    """The torch ``EmoteModel`` of ``source``, weights loaded, eval mode."""
+    from .models.emote import EmoteModel
+
+    model = EmoteModel(source.config)
+    load_weights(model, source.state, source.source)
+    return model.eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -162,12 +209,15 @@ def wav2vec2_overrides(specifier: str, roots: list[Path]) -> dict[str, Any]:
         candidates = [Path.cwd() / specifier] + [root / specifier for root in roots]
     for candidate in candidates:
         if (candidate / "config.json").is_file():
-            config = json.loads((candidate / "config.json").read_text())
-            from transformers import Wav2Vec2Config
-
-            allowed = set(Wav2Vec2Config().to_dict())
-            return {k: v for k, v in config.items() if k in allowed and not k.startswith("_")
-                    and k not in ("architectures", "transformers_version", "model_type")}
+            try:
+                config = json.loads((candidate / "config.json").read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise ModelFolderError(f"'{candidate / 'config.json'}' is not a readable JSON "
+                                       f"config: {exc}") from exc
+            if not isinstance(config, dict):
+                raise ModelFolderError(f"'{candidate / 'config.json'}' does not hold a config.")
+            known = set(WAV2VEC2_BASE) | WAV2VEC2_OTHER_KEYS
+            return {k: v for k, v in config.items() if k in known}
     if "base" in specifier.lower():
         return {}  # the wav2vec2-base architecture = Wav2Vec2Config() defaults
     raise ModelFolderError(
@@ -176,7 +226,7 @@ def wav2vec2_overrides(specifier: str, roots: list[Path]) -> dict[str, Any]:
         "set model.audio.model_specifier to it.")
 
 
-def official_config(cfg: dict[str, Any], state: Mapping[str, torch.Tensor],
+def official_config(cfg: dict[str, Any], state: Mapping[str, np.ndarray],
                     flint: FlintConfig, roots: list[Path]) -> EmoteConfig:
     """EmoteConfig from the official ``cfg.yaml`` (the checkpoint fills what it leaves out)."""
     decoder = _get(cfg, "model.sequence_decoder")
@@ -209,8 +259,13 @@ def official_config(cfg: dict[str, Any], state: Mapping[str, torch.Tensor],
         n_identities = int(map_weight.shape[1]) - n_emotions - n_intensities
     if not style.get("gt_expression_identity", True):
         n_identities = 0
+    for name, count in (("n_expression", n_emotions), ("n_intensities", n_intensities),
+                        ("n_identities", n_identities)):
+        if not 0 <= count <= MAX_CONDITION_NAMES:
+            raise ModelFolderError(f"The config's style_embedding.{name} is {count}; it must be "
+                                   f"between 0 and {MAX_CONDITION_NAMES}.")
     feature_dim = int(decoder.get("feature_dim", 128))
-    emotions = ["Neutral", "Happy", "Sad", "Surprise", "Fear", "Disgust", "Anger", "Contempt"]
+    emotions = list(EMOTIONS)
     styles = list(MEAD_STYLES) if n_identities == len(MEAD_STYLES) else [
         f"Style {i + 1}" for i in range(n_identities)]
     return EmoteConfig(
@@ -289,14 +344,25 @@ def select_flint_checkpoint(flint_folder: Path, cfg: dict[str, Any], root: Path)
     return best[2]
 
 
-def _state_dict(checkpoint: Any, path: Path) -> dict[str, torch.Tensor]:
+def _state_dict(checkpoint: Any, path: Path) -> dict[str, np.ndarray]:
     state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, Mapping) or not all(isinstance(k, str) for k in state):
         raise ModelFolderError(f"'{path}' holds no state_dict of named weights.")
-    return {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return {k: v for k, v in state.items() if isinstance(v, np.ndarray)}
 
 
-def load_official(folder: Path, assets: str | Path | None = None) -> LoadedModel:
+def _read_checkpoint(path: Path) -> dict[str, np.ndarray]:
+    from .tensor_files import read_torch_file
+
+    try:
+        return _state_dict(read_torch_file(path), path)
+    except ModelFolderError:
+        raise
+    except (OSError, EOFError) as exc:
+        raise ModelFolderError(f"Could not read the checkpoint '{path}': {exc}") from exc
+
+
+def read_official(folder: Path, assets: str | Path | None = None) -> ModelSource:
     cfg = _read_yaml(folder / "cfg.yaml")
     ckpt_path = folder / "checkpoints" / "last.ckpt"
     if not ckpt_path.is_file():
@@ -304,7 +370,10 @@ def load_official(folder: Path, assets: str | Path | None = None) -> LoadedModel
     root = assets_root(folder, assets)
 
     prior = _get(cfg, "model.sequence_decoder.motion_prior.path")
-    flint_folder = Path(str(prior)).expanduser()
+    if not isinstance(prior, str):
+        raise ModelFolderError("The config's model.sequence_decoder.motion_prior.path must name "
+                               f"the FLINT folder, got {prior!r}.")
+    flint_folder = Path(prior).expanduser()
     if not flint_folder.is_absolute():
         flint_folder = root / flint_folder
     if not (flint_folder / "cfg.yaml").is_file():
@@ -314,66 +383,110 @@ def load_official(folder: Path, assets: str | Path | None = None) -> LoadedModel
     flint_cfg = _read_yaml(flint_folder / "cfg.yaml")
     flint_ckpt = select_flint_checkpoint(flint_folder, flint_cfg, root)
 
-    emote_state = _state_dict(load_torch_checkpoint(ckpt_path), ckpt_path)
-    flint_state = _state_dict(load_torch_checkpoint(flint_ckpt), flint_ckpt)
-    config = official_config(cfg, emote_state, flint_config_from_cfg(flint_cfg), [root])
-    model = EmoteModel(config)
+    emote_state = _read_checkpoint(ckpt_path)
+    try:
+        config = official_config(cfg, emote_state, flint_config_from_cfg(flint_cfg), [root])
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ModelFolderError):
+            raise
+        raise ModelFolderError(f"'{folder / 'cfg.yaml'}' describes a model we cannot build: "
+                               f"{exc}") from exc
 
     notes = []
     # EMOTE keeps the frozen FLINT decoder in its own checkpoint; FLINT's file is the fallback.
     state = {k: v for k, v in emote_state.items() if not k.startswith(IGNORED_PREFIXES)}
     flint_decoder = {FLINT_DECODER_PREFIX + k[len("motion_decoder."):]: v
-                     for k, v in flint_state.items() if k.startswith("motion_decoder.")}
+                     for k, v in _read_checkpoint(flint_ckpt).items()
+                     if k.startswith("motion_decoder.")}
     if not any(k.startswith(FLINT_DECODER_PREFIX) for k in state):
         state.update(flint_decoder)
         notes.append("FLINT decoder weights taken from the FLINT checkpoint.")
     elif flint_decoder:
         differing = [k for k, v in flint_decoder.items()
-                     if k in state and (v.shape != state[k].shape or not torch.equal(v, state[k]))]
+                     if k in state and (v.shape != state[k].shape
+                                        or not np.array_equal(v, state[k]))]
         if differing:
             notes.append(f"{len(differing)} FLINT decoder tensors in the EMOTE checkpoint differ "
                          "from the FLINT checkpoint; the EMOTE checkpoint's are used.")
-    load_weights(model, state, ckpt_path)
-    return LoadedModel(model=model, config=config, kind="official", source=folder,
+    state = check_weights(emote_weights(config), state, ckpt_path)
+    return ModelSource(config=config, state=state, kind="official", source=folder,
                        flint_source=str(flint_ckpt), notes=notes)
 
 
 # --------------------------------------------------------------------------------------------
 # Strict key matching
 
+_WEIGHT_NORM_NAMES = ((".weight_g", ".parametrizations.weight.original0"),
+                      (".weight_v", ".parametrizations.weight.original1"))
 
-def _rename_weight_norm(state: dict[str, torch.Tensor], expected: set[str]
-                        ) -> dict[str, torch.Tensor]:
+
+def _rename_weight_norm(state: Mapping[str, Any], expected: set[str]) -> dict[str, Any]:
     """Old ``weight_g``/``weight_v`` names → the parametrization names current torch uses."""
     renamed = {}
     for key, value in state.items():
-        for old, new in ((".weight_g", ".parametrizations.weight.original0"),
-                         (".weight_v", ".parametrizations.weight.original1")):
+        for old, new in _WEIGHT_NORM_NAMES:
             if key.endswith(old) and key[: -len(old)] + new in expected:
                 key = key[: -len(old)] + new
         renamed[key] = value
     return renamed
 
 
-def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], source: Path) -> None:
-    """Load ``state`` into ``model``, failing with the names of every unmatched key."""
-    expected = model.state_dict()
-    state = _rename_weight_norm(dict(state), set(expected))
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected))
-    mismatched = [f"{k} (file {tuple(state[k].shape)}, model {tuple(expected[k].shape)})"
-                  for k in sorted(set(state) & set(expected))
-                  if state[k].shape != expected[k].shape]
-    problems = []
-    for label, keys in (("missing", missing), ("unexpected", unexpected),
-                        ("with the wrong shape", mismatched)):
-        if keys:
-            shown = ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
-            problems.append(f"{len(keys)} weight(s) {label}: {shown}")
+def _shown(keys: list[str]) -> str:
+    return ", ".join(keys[:8]) + (f" and {len(keys) - 8} more" if len(keys) > 8 else "")
+
+
+def check_names_and_shapes(expected: Shapes, found: Mapping[str, tuple[int, ...]],
+                           source: Path) -> None:
+    """Raise a ModelFolderError naming every missing, unexpected or misshaped weight."""
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    mismatched = [f"{k} (file {tuple(found[k])}, model {expected[k]})"
+                  for k in sorted(set(found) & set(expected))
+                  if tuple(found[k]) != tuple(expected[k])]
+    problems = [f"{len(keys)} weight(s) {label}: {_shown(keys)}"
+                for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                    ("with the wrong shape", mismatched)) if keys]
     if problems:
         raise ModelFolderError(f"The weights in '{source}' do not match the model: "
                                + "; ".join(problems) + ".")
-    model.load_state_dict({k: v.to(expected[k].dtype) for k, v in state.items()}, strict=True)
+
+
+def check_weights(expected: Shapes, state: Mapping[str, np.ndarray], source: Path
+                  ) -> dict[str, np.ndarray]:
+    """``state`` with every name and shape of ``expected``, floating point and finite
+    (BatchNorm's step counters: whole numbers); raises a ModelFolderError naming what is
+    wrong."""
+    state = _rename_weight_norm(state, set(expected))
+    check_names_and_shapes(expected, {k: v.shape for k, v in state.items()}, source)
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    wrong_type = sorted(k for k, v in state.items() if k not in counters
+                        and v.dtype.kind != "f")
+    if wrong_type:
+        kinds = sorted({str(state[k].dtype) for k in wrong_type})
+        raise ModelFolderError(
+            f"The weights in '{source}' must be floating-point numbers, but "
+            f"{len(wrong_type)} are stored as {', '.join(kinds)}: {_shown(wrong_type)}.")
+    broken = sorted(k for k, v in state.items() if k not in counters
+                    and not np.isfinite(v).all())
+    if broken:
+        raise ModelFolderError(
+            f"The weights in '{source}' hold NaN or infinite values ({_shown(broken)}); the "
+            "file is damaged or the training diverged.")
+    return dict(state)
+
+
+def load_weights(model: Any, state: Mapping[str, Any], source: Path) -> None:
+    """Load ``state`` (NumPy arrays or tensors) into the torch ``model``, failing with the names
+    of every unmatched key."""
+    import torch
+
+    expected = model.state_dict()
+    state = _rename_weight_norm(state, set(expected))
+    check_names_and_shapes({k: tuple(v.shape) for k, v in expected.items()},
+                           {k: tuple(v.shape) for k, v in state.items()}, source)
+    model.load_state_dict(
+        {k: torch.as_tensor(np.asarray(v) if isinstance(v, np.ndarray) else v
+                            ).to(expected[k].dtype) for k, v in state.items()}, strict=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -381,40 +494,62 @@ def load_weights(model: torch.nn.Module, state: Mapping[str, torch.Tensor], sour
 
 
 def _read_bundle_config(folder: Path, fmt: str) -> dict[str, Any]:
+    path = folder / "config.json"
     try:
-        meta = json.loads((folder / "config.json").read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelFolderError(f"'{folder / 'config.json'}' is not valid JSON: {exc}") from exc
+        meta = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelFolderError(f"'{path}' is not valid JSON: {exc}") from exc
+    if not isinstance(meta, dict):
+        raise ModelFolderError(f"'{path}' must hold a JSON object (a bundle's settings), not "
+                               f"a {type(meta).__name__}.")
     if meta.get("format") != fmt:
         raise ModelFolderError(f"'{folder}' is not a {fmt} (config.json format is "
                                f"{meta.get('format')!r}).")
-    if int(meta.get("version", 0)) > BUNDLE_VERSION:
+    version = meta.get("version", 0)
+    if not isinstance(version, numbers.Integral) or isinstance(version, bool):
+        raise ModelFolderError(f"'{path}': 'version' must be a whole number, got {version!r}.")
+    if version > BUNDLE_VERSION:
         raise ModelFolderError(f"'{folder}' was written by a newer version (bundle version "
-                               f"{meta.get('version')}); update the add-on.")
+                               f"{version}); update the add-on.")
+    if not isinstance(meta.get("model"), dict):
+        raise ModelFolderError(f"'{path}' has no 'model' settings (a JSON object); it is not a "
+                               "complete bundle.")
     return meta
 
 
-def load_bundle(folder: Path) -> LoadedModel:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+def _read_bundle_weights(path: Path, expected: Shapes) -> dict[str, np.ndarray]:
+    """The bundle's weights, after its header matched ``expected``: a config asking for huge
+    layers fails here, before anything that size is read or built."""
+    from .tensor_files import read_safetensors, safetensors_header
 
+    try:
+        header = safetensors_header(path)
+        check_names_and_shapes(expected, {k: shape for k, (_, shape) in header.items()}, path)
+        state = read_safetensors(path)
+    except ModelFolderError:
+        raise
+    except (OSError, ValueError) as exc:
+        raise ModelFolderError(f"Could not read '{path}': {exc}") from exc
+    return check_weights(expected, state, path)
+
+
+def read_bundle(folder: Path) -> ModelSource:
     meta = _read_bundle_config(folder, BUNDLE_FORMAT)
     try:
         config = EmoteConfig.from_dict(meta["model"])
     except (KeyError, TypeError, ValueError) as exc:
         raise ModelFolderError(
             f"'{folder / 'config.json'}' has an invalid model config: {exc}") from exc
-    model = EmoteModel(config)
-    try:
-        state = load_file(folder / "model.safetensors")
-    except (SafetensorError, OSError) as exc:
-        raise ModelFolderError(f"Could not read '{folder / 'model.safetensors'}': {exc}") from exc
-    load_weights(model, state, folder / "model.safetensors")
+    state = _read_bundle_weights(folder / "model.safetensors", emote_weights(config))
     flame = meta.get("flame")
-    flame_path = (folder / flame) if flame else None
-    return LoadedModel(model=model, config=config, kind="bundle", source=folder,
-                       flint_source=str(meta.get("flint", "bundled")), flame_path=flame_path,
-                       notes=list(meta.get("notes", [])))
+    if flame is not None and not isinstance(flame, str):
+        raise ModelFolderError(f"'{folder / 'config.json'}': 'flame' must name a file in the "
+                               f"bundle, got {flame!r}.")
+    notes = meta.get("notes", [])
+    return ModelSource(config=config, state=state, kind="bundle", source=folder,
+                       flint_source=str(meta.get("flint", "bundled")),
+                       flame_path=(folder / flame) if flame else None,
+                       notes=[str(n) for n in notes] if isinstance(notes, list) else [])
 
 
 def _write_folder_atomically(folder: Path, files: dict[str, Any]) -> None:
@@ -435,7 +570,7 @@ def _write_folder_atomically(folder: Path, files: dict[str, Any]) -> None:
                 os.unlink(tmp)
 
 
-def _write_bundle(folder: str | Path, module: torch.nn.Module, meta: dict[str, Any]) -> Path:
+def _write_bundle(folder: str | Path, module: Any, meta: dict[str, Any]) -> Path:
     """``config.json`` (``meta``) + ``model.safetensors`` (``module``'s weights), atomically."""
     from safetensors.torch import save_file
 
@@ -448,9 +583,9 @@ def _write_bundle(folder: str | Path, module: torch.nn.Module, meta: dict[str, A
     return folder
 
 
-def save_bundle(folder: str | Path, model: EmoteModel, flint_source: str = "bundled",
+def save_bundle(folder: str | Path, model: Any, flint_source: str = "bundled",
                 flame: str | None = None, extra: dict[str, Any] | None = None) -> Path:
-    """Write ``model`` as a bundle: ``config.json`` + ``model.safetensors``.
+    """Write ``model`` (a torch EmoteModel) as a bundle: ``config.json`` + ``model.safetensors``.
 
     ``flame`` names a FLAME file inside the folder that the model was trained with (optional).
     """
@@ -461,7 +596,7 @@ def save_bundle(folder: str | Path, model: EmoteModel, flint_source: str = "bund
     return _write_bundle(folder, model, {**meta, **(extra or {})})
 
 
-def save_flint_bundle(folder: str | Path, flint: Flint, extra: dict[str, Any] | None = None
+def save_flint_bundle(folder: str | Path, flint: Any, extra: dict[str, Any] | None = None
                       ) -> Path:
     """Write a trained FLINT (encoder + decoder) as ``config.json`` + ``model.safetensors``."""
     meta = {"format": FLINT_BUNDLE_FORMAT, "version": BUNDLE_VERSION,
@@ -469,11 +604,19 @@ def save_flint_bundle(folder: str | Path, flint: Flint, extra: dict[str, Any] | 
     return _write_bundle(folder, flint, {**meta, **(extra or {})})
 
 
-def load_flint_bundle(folder: str | Path) -> Flint:
-    from safetensors.torch import load_file
+def load_flint_bundle(folder: str | Path) -> Any:
+    """A FLINT bundle as the torch ``Flint`` (training, the demo recipe)."""
+    from .models.flint import Flint
 
     folder = Path(folder)
     meta = _read_bundle_config(folder, FLINT_BUNDLE_FORMAT)
-    flint = Flint(FlintConfig(**meta["model"]))
-    load_weights(flint, load_file(folder / "model.safetensors"), folder / "model.safetensors")
+    try:
+        config = FlintConfig.from_dict(meta["model"])
+    except (TypeError, ValueError) as exc:
+        raise ModelFolderError(
+            f"'{folder / 'config.json'}' has an invalid FLINT config: {exc}") from exc
+    flint = Flint(config)
+    expected = {k: tuple(v.shape) for k, v in flint.state_dict().items()}
+    load_weights(flint, _read_bundle_weights(folder / "model.safetensors", expected),
+                 folder / "model.safetensors")
     return flint.eval()

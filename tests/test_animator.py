@@ -191,7 +191,7 @@ def test_cancel_stops_inside_an_audio_window(loaded):
     """A cancel that arrives while wav2vec2 runs stops it at the next layer, not at the end of
     the window; afterwards the engine works as before (no checks left behind)."""
     animator = Animator(loaded, device="cpu")
-    audio = animator.model.audio_model
+    audio = animator.backend.model.audio_model
     layers = [m for m in audio.modules() if next(m.children(), None) is None]
     cancel = threading.Event()
     ran = []

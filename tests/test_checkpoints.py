@@ -5,6 +5,8 @@ import os
 import pathlib
 import pickle
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -16,6 +18,7 @@ from server.checkpoints import LoadedModel, ModelFolderError, load_model, save_b
 from server.safe_pickle import UnsafeFileError, foreign_pickle_module, load_torch_checkpoint
 from server.tensor_files import read_torch_file
 from tests.builders import (
+    ROOT,
     lightning_checkpoint,
     official_state_dict,
     random_model,
@@ -227,10 +230,24 @@ def test_wrong_folders_are_explained(tmp_path):
 
 
 def test_no_folder_means_the_built_in_demo_model(tmp_path, monkeypatch):
+    from server import checkpoints
     from server.demo import recipe
 
     loaded = load_model()
     assert loaded.kind == "bundle" and loaded.info()["styles"][0] == "moderate-neutral-brisk"
-    monkeypatch.setattr(recipe, "MODEL_DIR", tmp_path / "model")
+    assert recipe.MODEL_DIR == checkpoints.DEMO_MODEL_DIR  # the recipe installs where we read
+    monkeypatch.setattr(checkpoints, "DEMO_MODEL_DIR", tmp_path / "model")
     with pytest.raises(ModelFolderError, match="built-in demo model is missing"):
         load_model()
+
+
+def test_the_inference_core_does_not_import_the_demo_recipe_or_torch():
+    """Loading a model and generating needs neither the demo recipe (training code) nor
+    torch."""
+    code = ("import sys; from server.checkpoints import read_model; "
+            "from server.animator import Animator; read_model(); "
+            "print(sorted(m for m in sys.modules if m.startswith(('server.demo', 'server.train',"
+            " 'torch', 'transformers'))))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -21,9 +21,10 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ..builtin import DEMO_MODEL_DIR
 from .voices import FESTIVAL_OTHER_LANGUAGE_VOICES
 
-MODEL_DIR = Path(__file__).resolve().parent / "model"
+MODEL_DIR = DEMO_MODEL_DIR
 SENTENCE_WAV = Path(__file__).resolve().parent / "sentence.wav"
 SENTENCE_TEXT = ("Peter's mother made a lovely apple pudding for supper, and we ate every "
                  "bite!")

@@ -47,9 +47,10 @@ class GraphBuilder:
         self._input_names.append(name)
         return name
 
-    def output(self, value: str, name: str, dtype: type = np.float32) -> str:
+    def output(self, value: str, name: str, shape: Sequence[int | str],
+               dtype: type = np.float32) -> str:
         self.op("Identity", value, name=name)
-        self._outputs.append(proto.value_info(name, proto.tensor_type(dtype), None))
+        self._outputs.append(proto.value_info(name, proto.tensor_type(dtype), shape))
         self._output_names.append(name)
         return name
 

@@ -164,8 +164,8 @@ def cnn_statistics_graph(arch: Wav2Vec2Architecture) -> Graph:
     mean = g.op("ReduceMean", x, axes=[0, 2], keepdims=1)  # (1, C, 1)
     deviation = g.op("Sub", x, mean)
     m2 = g.op("ReduceSum", g.op("Mul", deviation, deviation), g.ints(0, 2), keepdims=0)
-    g.output(g.op("Reshape", mean, g.ints(-1)), "mean")
-    g.output(m2, "m2")
+    g.output(g.op("Reshape", mean, g.ints(-1)), "mean", [arch.conv_dim[0]])
+    g.output(m2, "m2", [arch.conv_dim[0]])
     return g.build()
 
 
@@ -188,7 +188,7 @@ def cnn_graph(arch: Wav2Vec2Architecture) -> Graph:
             x = g.op("Add", g.op("Mul", x, scale), shift)
         x = gelu(g, x)
         channels = arch.conv_dim[i]
-    g.output(x, "cnn_features")
+    g.output(x, "cnn_features", [1, arch.conv_dim[-1], "length"])
     return g.build()
 
 
@@ -249,7 +249,8 @@ def audio_encoder_graph(config: EmoteConfig) -> Graph:
         x = _wav2vec2_layer(g, x, arch, i)
     if arch.do_stable_layer_norm:
         x = layer_norm(g, x, f"{AUDIO}encoder.layer_norm", hidden, arch.layer_norm_eps)
-    g.output(dense(g, x, "sequence_encoder.linear", config.feature_dim, hidden), "features")
+    g.output(dense(g, x, "sequence_encoder.linear", config.feature_dim, hidden), "features",
+             ["frames", config.feature_dim])
     return g.build()
 
 
@@ -334,7 +335,8 @@ def decoder_graph(config: EmoteConfig) -> Graph:
     latents = dense(g, x, "sequence_decoder.squasher_2.linear", c.flint.latent_dim,
                     group * c.feature_dim)
     motion = flint_decoder(g, latents, c.flint, FLINT_DECODER_PREFIX)
-    g.output(g.op("Slice", motion, g.ints(0), frames, g.ints(0)), "motion")
+    g.output(g.op("Slice", motion, g.ints(0), frames, g.ints(0)), "motion",
+             ["frames", c.flint.input_dim])
     return g.build()
 
 
