@@ -151,13 +151,17 @@ del _builtin
 _NAMES[("collections", "OrderedDict")] = collections.OrderedDict
 
 
+_SAFE_ENCODINGS = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8",
+                   "ascii"}
+
+
 def _bytes_from(kind: type, source: Any = b"", encoding: str | None = None,
                 errors: str = "strict") -> Any:
     # bytes(n) and bytearray(n) allocate n zero bytes out of nothing: only data is accepted.
     if isinstance(source, int):
         raise Refusal(f"it asks for a {source:,}-byte buffer that is not in the file",
                       unsafe=True)
-    if isinstance(source, str):
+    if isinstance(source, str) and str(encoding or "utf-8").lower() in _SAFE_ENCODINGS:
         return kind(source, encoding or "utf-8", errors)
     if isinstance(source, (bytes, bytearray)) and encoding is None:
         return kind(source)
@@ -171,10 +175,6 @@ def _bytes(*args: Any) -> bytes:
 
 def _bytearray(*args: Any) -> bytearray:
     return _bytes_from(bytearray, *args)
-
-
-_SAFE_ENCODINGS = {"latin1", "latin-1", "iso-8859-1", "iso8859-1", "l1", "utf-8", "utf8",
-                   "ascii"}
 
 
 def _codecs_encode(obj: Any, encoding: str = "utf-8", errors: str = "strict") -> bytes:
@@ -282,9 +282,10 @@ def _set_array_state(array: np.ndarray, state: Any) -> None:
     if not isinstance(state, tuple) or len(state) not in (4, 5):
         raise Refusal("an array's state is not NumPy's")
     shape, dtype, fortran, data = state[-4:]
-    if not isinstance(dtype, np.dtype) or not isinstance(fortran, bool):
+    if not isinstance(dtype, np.dtype) or fortran not in (True, False):
         raise Refusal("an array's state is not NumPy's")
-    count = math.prod(shape) if _nbytes(shape, dtype) >= 0 else 0
+    _nbytes(shape, dtype)  # a shape of whole numbers, none negative
+    count = math.prod(shape)
     if dtype.hasobject:
         if dtype != np.dtype(object) or not isinstance(data, list) or len(data) != count:
             raise Refusal(f"an object array of shape {tuple(shape)} does not hold {count} items")
@@ -528,8 +529,7 @@ class RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - its opcode handl
         except Refusal as refusal:
             raise refusal_error(refusal, self.source) from None
         except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError,
-                IndexError, KeyError, struct_error, OverflowError, MemoryError,
-                UnicodeError) as exc:
+                LookupError, struct_error, ArithmeticError, MemoryError, RuntimeError) as exc:
             reason = (f"it is damaged or not a pickle of data ({type(exc).__name__}: "
                       f"{str(exc)[:200]})")
             raise FileReadError(f"Could not read {self.source}: {reason}.", reason) from None
