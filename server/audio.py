@@ -202,7 +202,7 @@ def load_audio(path: str | Path, start: float | None = None, end: float | None =
     if not path.is_file():
         raise AudioError(f"'{path}' is not a regular file (a device, pipe or socket); give an "
                          "audio file.")
-    _check_range_numbers(start, end)
+    check_range_numbers(start, end)
     decoded = _decode_soundfile(path, start, end) or _decode_pyav(path, start, end)
     if decoded is None:
         raise AudioError(
@@ -283,7 +283,8 @@ def _check_channels_cancel(path: Path, start: float | None, end: float | None) -
             "polarity or export a single channel.")
 
 
-def _check_range_numbers(start: float | None, end: float | None) -> None:
+def check_range_numbers(start: float | None, end: float | None) -> None:
+    """A NaN start or end would select nothing sensible (and fail deep in the trimming)."""
     for name, value in (("start", start), ("end", end)):
         if value is not None and math.isnan(float(value)):
             raise AudioError(f"The {name} of the audio range is NaN; give it in seconds, e.g. "

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
+
+from .protocol import check_threads
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".aif", ".aiff", ".opus"}
 
@@ -51,8 +54,10 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--end", type=float, help="end of the audio to use, in seconds")
     gen.add_argument("--format", choices=("npz", "json"),
                      help="output format when OUT is a folder (default: npz)")
-    gen.add_argument("-o", "--output", type=Path, required=True,
-                     help="output file (.npz or .json), or a folder for several outputs")
+    gen.add_argument("-o", "--output", required=True,
+                     help="output file (.npz or .json), or a folder for several outputs (a "
+                          "name ending in / is a folder); an existing file is replaced only "
+                          "when it is a take written by this program")
 
     info = sub.add_parser("info", help="describe a model: emotions, styles, sizes, FLINT source")
     _model_args(info)
@@ -102,7 +107,8 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
                              "official EMOTE_v2 folder)")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
                         help="where to run (default: auto = cuda, then mps, then cpu)")
-    parser.add_argument("--threads", type=int, help="CPU threads for torch")
+    parser.add_argument("--threads", type=int,
+                        help="CPU threads for torch (1 to 4 × the number of CPU cores)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return worker_main(args.idle_timeout)
     try:
+        if getattr(args, "threads", None) is not None:
+            check_threads(args.threads, "--threads")
         if args.command == "prepare-mead":
             from .train.mead import convert
 
@@ -196,14 +204,19 @@ def _audio_inputs(paths: list[Path]) -> list[Path]:
 
 
 def _parse_choice(text: str) -> Any:
-    """'Happy' → 'Happy'; 'Happy=0.7,Surprise=0.3' → {'Happy': 0.7, 'Surprise': 0.3}."""
+    """'Happy' → 'Happy'; 'Happy=0.7,Surprise=0.3' → {'Happy': 0.7, 'Surprise': 0.3}. A name
+    given twice is refused here as the condition refuses 'Happy' with 'happy': one way."""
     if "=" not in text:
         return text
     mixture = {}
     for part in text.split(","):
         name, _, weight = part.partition("=")
+        name = name.strip()
+        if name in mixture:
+            raise UsageError(f"'{name}' is given twice in '{text}'; give each name once with "
+                             "its total weight.")
         try:
-            mixture[name.strip()] = float(weight)
+            mixture[name] = float(weight)
         except ValueError:
             raise UsageError(f"Bad weight in '{part}': use NAME=NUMBER, e.g. Happy=0.7.") from None
     return mixture
@@ -212,15 +225,9 @@ def _parse_choice(text: str) -> Any:
 def _conditions(args: argparse.Namespace, emotions: list[str]) -> list[tuple[str, Any]]:
     """(name used in file names, condition) pairs."""
     if args.condition is not None:
-        import numpy as np
+        from .condition import read_condition_file
 
-        if not args.condition.is_file():
-            raise UsageError(f"Condition file not found: '{args.condition}'.")
-        try:
-            array = np.load(args.condition, allow_pickle=False)
-        except ValueError as exc:
-            raise UsageError(f"'{args.condition}' is not a .npy array: {exc}") from exc
-        return [(args.condition.stem, array)]
+        return [(args.condition.stem, read_condition_file(args.condition))]
     names = emotions if args.emotion.strip().lower() == "all" else [args.emotion]
     return [(name.replace("=", "").replace(",", "+"),
              {"emotion": _parse_choice(name), "intensity": _parse_choice(args.intensity),
@@ -228,15 +235,28 @@ def _conditions(args: argparse.Namespace, emotions: list[str]) -> list[tuple[str
 
 
 def _generate(args: argparse.Namespace) -> int:
-    from .audio import load_audio
+    from .audio import check_range_numbers, load_audio
+    from .output import check_output_file, check_output_folder, check_take_finite
 
+    check_range_numbers(args.start, args.end)
+    wants_folder = args.output.endswith(("/", os.sep))
+    args.output = Path(args.output)
     inputs = _audio_inputs(args.audio)
     many_emotions = args.condition is None and args.emotion.strip().lower() == "all"
-    batch = len(inputs) > 1 or many_emotions or any(p.is_dir() for p in args.audio)
+    batch = (len(inputs) > 1 or many_emotions or any(p.is_dir() for p in args.audio)
+             or wants_folder)
     if not batch and args.output.is_dir():
         raise UsageError(f"'{args.output}' is a folder; give an output file name "
                          "(.npz or .json).")
-    # Check the single input before the (slow) model load so mistakes fail fast.
+    if batch and os.path.lexists(args.output) and not args.output.is_dir():
+        raise UsageError(f"'{args.output}' is a file; with several takes the output must be a "
+                         "folder.")
+    # Check the outputs and the single input before the (slow) model load so mistakes fail
+    # fast and nothing runs for a take that could not be written.
+    if batch:
+        check_output_folder(args.output)
+    else:
+        check_output_file(args.output, inputs)
     clips = {} if batch else {
         inputs[0]: load_audio(inputs[0], args.start, args.end, args.allow_low_rate)}
     flame = None
@@ -249,21 +269,28 @@ def _generate(args: argparse.Namespace) -> int:
 
     animator = Animator(loaded, device=args.device)
     conditions = _conditions(args, list(loaded.config.emotions))
+    for _, condition in conditions:  # a bad mixture is one error, not one per input
+        animator.space.per_frame(condition, 1)
     if flame is not None and flame.n_expression < loaded.config.n_expression:
         print(f"warning: the FLAME file has {flame.n_expression} expression components; the "
               f"model's first {flame.n_expression} are used for vertices", file=sys.stderr)
-    jobs = [(audio, name, cond) for audio in inputs for name, cond in conditions]
     suffix = "." + (args.format or "npz")
+    jobs = [(audio, cond, args.output / f"{audio.stem}_{name}{suffix}" if batch else args.output)
+            for audio in inputs for name, cond in conditions]
+    if batch:
+        _check_distinct_outputs(jobs)
+        for _, _, out in jobs:
+            check_output_file(out, inputs)
     failures = 0
     progress = _progress_bar(len(jobs)) if batch else None
-    for audio, name, condition in jobs:
+    for audio, condition, out in jobs:
         try:
             clip = clips.get(audio) or load_audio(audio, args.start, args.end,
                                                   args.allow_low_rate)
             for warning in clip.warnings:
                 print(f"warning: {warning}", file=sys.stderr)
             take = animator.generate(clip, condition)
-            out = args.output / f"{audio.stem}_{name}{suffix}" if batch else args.output
+            check_take_finite(take)
             _write(out, take, flame)
             if not batch:
                 print(f"wrote {out} ({take.frames} frames at {take.fps} fps, {take.label})")
@@ -278,6 +305,19 @@ def _generate(args: argparse.Namespace) -> int:
         progress.close()
         print(f"wrote {len(jobs) - failures} of {len(jobs)} takes to {args.output}")
     return 1 if failures else 0
+
+
+def _check_distinct_outputs(jobs: list[tuple[Path, Any, Path]]) -> None:
+    """Two inputs with the same name (a/line.wav, b/line.wav, a/line.flac) would write the
+    same take file; refuse before anything runs instead of keeping only the last. Names are
+    compared without case, as macOS and Windows file systems do."""
+    seen: dict[str, Path] = {}
+    for audio, _, out in jobs:
+        key = os.path.normcase(str(out)).lower()
+        if key in seen and seen[key] != audio:
+            raise UsageError(f"'{seen[key]}' and '{audio}' would both be written to '{out}'; "
+                             "rename one of them or generate them separately.")
+        seen[key] = audio
 
 
 def _write(out: Path, take: Any, flame: Any) -> None:

@@ -5,6 +5,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 import soundfile
 
 from tests.builders import run_server, write_official_release, write_wav
@@ -143,3 +144,48 @@ def test_8k_stereo_mp3_generates_when_allowed(tmp_path, tiny_bundle):
     assert result.returncode == 0, result.stderr
     assert "warning:" in result.stderr and "8000 Hz" in result.stderr
     assert np.load(out)["expression"].shape[0] in (49, 50, 51)
+
+
+def _one_error(result, message):
+    assert result.returncode != 0, result.stdout
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert message in lines[0], lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("threads", ["100000", "-1", "0"])
+def test_threads_outside_the_machine_are_refused(tiny_bundle, threads):
+    result = run_server("info", "--model", tiny_bundle, "--threads", threads)
+    _one_error(result, f"--threads must be a whole number from 1 to {os.cpu_count() * 4}")
+    assert result.returncode == 2
+
+
+@pytest.mark.parametrize("bounds", [("--start", "nan"), ("--end", "nan"),
+                                    ("--start", "1", "--end", "nan")])
+def test_a_nan_range_is_one_sentence(tmp_path, tiny_bundle, speech_wav, bounds):
+    out = tmp_path / "take.npz"
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, *bounds, "-o", out)
+    _one_error(result, "of the audio range is NaN; give it in seconds")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("emotion", ["Happy=0.5,Happy=0.5", "Happy=1,happy=1",
+                                     "Happy=0.5,1=0.5"])
+def test_a_mixture_that_names_an_emotion_twice_is_refused(tmp_path, tiny_bundle, speech_wav,
+                                                          emotion):
+    out = tmp_path / "take.npz"
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "--emotion", emotion,
+                        "-o", out)
+    _one_error(result, "given twice")
+    assert not out.exists()
+
+
+def test_a_condition_file_of_random_bytes_is_not_a_npy_file(tmp_path, tiny_bundle, speech_wav):
+    noise = tmp_path / "noise.npy"
+    noise.write_bytes(np.random.default_rng(1).bytes(2048))
+    out = tmp_path / "take.npz"
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "--condition", noise,
+                        "-o", out)
+    _one_error(result, "is not a .npy file")
+    assert not out.exists()
