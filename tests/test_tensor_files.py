@@ -470,3 +470,33 @@ def test_a_real_lightning_checkpoint_reads_exactly(tmp_path):
         assert np.array_equal(checkpoint["state_dict"][name], value.numpy()), name
     adam = checkpoint["optimizer_states"][0]["state"][0]
     assert adam["exp_avg"].shape == (2, 3) and np.isfinite(adam["exp_avg"]).all()
+
+
+def test_damaged_files_fail_with_one_sentence_never_a_traceback(tmp_path):
+    """Seeded random damage to each kind of file: a ValueError that names it, nothing else."""
+    import random
+
+    from server.flame import load_flame_file, load_landmark_embedding
+    from tests.builders import write_deca_landmark_embedding, write_synthetic_flame
+
+    write_synthetic_flame(tmp_path / "flame.pkl", legacy=True)
+    write_deca_landmark_embedding(tmp_path / "embedding.npy")
+    state = {"state_dict": {"a": torch.rand(3, 4), "b": torch.arange(5)}}
+    torch.save(state, tmp_path / "zip.ckpt")
+    torch.save(state, tmp_path / "legacy.ckpt", _use_new_zipfile_serialization=False)
+    readers = {"flame.pkl": load_flame_file, "embedding.npy": load_landmark_embedding,
+               "zip.ckpt": read_torch_file, "legacy.ckpt": read_torch_file}
+    rng = random.Random(0)
+    for name, reader in readers.items():
+        original = (tmp_path / name).read_bytes()
+        damaged = tmp_path / f"damaged-{name}"
+        for _ in range(100):
+            data = bytearray(original)
+            for _ in range(rng.randint(1, 4)):  # mostly the structure, not the raw numbers
+                data[rng.randrange(min(len(data), 4000))] = rng.randrange(256)
+            damaged.write_bytes(bytes(data[:rng.randrange(len(data))] if rng.random() < 0.2
+                                      else data))
+            try:
+                reader(damaged)
+            except ValueError as error:
+                assert str(damaged) in str(error), str(error)
