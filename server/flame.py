@@ -4,8 +4,11 @@
 A FLAME file (``generic_model.pkl`` of FLAME 2020, ``flame2023.pkl`` ...) is a Python-2-era
 pickle whose arrays may be chumpy objects and whose joint regressor is pickled under the old
 ``scipy.sparse.csc`` path. :func:`load_flame_file` reads it with the restricted unpickler (no
-chumpy needed, no code runs) into plain arrays; :class:`FlameModel` runs ``smplx.FLAME`` on them
-without asking the user for smplx's directory layout.
+chumpy needed, no code runs) into plain, checked arrays; :class:`FlameModel` runs ``smplx.FLAME``
+on them without asking the user for smplx's directory layout. The landmark embedding beside it
+(training only) is read by :func:`load_landmark_embedding`.
+
+Loading uses NumPy alone (no torch, no scipy): the add-on reads FLAME files inside Blender.
 """
 
 from __future__ import annotations
