@@ -11,9 +11,9 @@ platform and those wheels. NumPy is Blender's own and is not shipped.
 
 One zip serves both Pythons because every supported Blender installs only the wheels that fit
 its own Python and platform (``_extensions_wheel_filter_for_this_system`` in
-``bl_pkg/bl_extension_ops.py``, the same in 4.2, 4.5 and 5.0): a cp311 wheel is skipped by a
-Python 3.13 Blender and a cp313 wheel by a Python 3.11 one, so exactly one onnxruntime lands in
-the extensions' site-packages.
+``bl_pkg/bl_extension_ops.py``, the same rules in 4.2, 4.5, 5.0 and 5.3): a cp311 wheel is
+skipped by a Python 3.13 Blender and a cp313 wheel by a Python 3.11 one (a stable-ABI cp312
+wheel fits 3.13 only), so exactly one onnxruntime lands in the extensions' site-packages.
 
 Wheels come from ``pip download --only-binary=:all: --no-deps`` into a cache folder (default
 ``dist/wheels-cache/``), reused between builds; a build whose wheels are all cached needs no
