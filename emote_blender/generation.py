@@ -121,9 +121,9 @@ def check_worker(context: Any = None, wait: bool = True) -> tuple[str, str] | No
             worker.drain()
             if worker.starting:
                 return None
-            if worker.ready is None:
+            ready = worker.ready or worker.last_ready
+            if ready is None:
                 raise WorkerError(worker.failure or "The worker did not start.")
-            ready = worker.ready
     except WorkerError as exc:
         return "ERROR", str(exc)
     return "INFO", describe_backends(ready)

@@ -151,6 +151,7 @@ class WorkerClient:
     jobs: dict[str, Job] = field(default_factory=dict, init=False)
     ready: dict[str, Any] | None = field(default=None, init=False)
     failure: str = field(default="", init=False)  # why the last start failed
+    last_ready: dict[str, Any] | None = field(default=None, init=False)  # even if it quit since
     _ids: Any = field(default_factory=lambda: itertools.count(1), init=False)
     _stderr: collections.deque = field(default_factory=lambda: collections.deque(maxlen=60),
                                        init=False)
@@ -195,6 +196,7 @@ class WorkerClient:
         self._stderr.clear()
         self.events = queue.Queue()
         self.ready = None
+        self.last_ready = None
         self.failure = ""
         self.loaded_key = None
         try:
@@ -349,7 +351,7 @@ class WorkerClient:
     def _apply(self, event: dict[str, Any]) -> None:
         kind = event.get("type")
         if kind == protocol.READY:
-            self.ready = event
+            self.ready = self.last_ready = event
             now = time.monotonic()
             for job in self.jobs.values():
                 job.last_activity = now  # job timeouts count from here
@@ -398,9 +400,10 @@ class WorkerClient:
             self.drain()
             if self.starting:
                 time.sleep(poll)
-        if self.ready is None:
+        ready = self.ready or self.last_ready  # a worker may quit right after (idle 0)
+        if ready is None:
             raise WorkerError(self.failure or "The worker did not start.")
-        return self.ready
+        return ready
 
     def wait(self, job: Job, poll: float = 0.02) -> dict[str, Any]:
         """Block until ``job`` finishes (scripts and ``wait=True`` operators)."""

@@ -8,6 +8,7 @@ import os
 import sys
 import tempfile
 import time
+import wave
 from pathlib import Path
 
 import bpy
@@ -15,6 +16,7 @@ import numpy as np
 import pytest
 
 from tests.blender.conftest import WORKER_PYTHON
+from tests.blender.scenes import has_audio
 from tests.blender.test_faults import RecordingLayout, scene_state
 from tests.blender.test_generate import fcurve_values, generate, make_scene
 
@@ -107,15 +109,20 @@ def poll_until_done(addon, timeout: float = 120.0) -> tuple[str, str]:
     raise AssertionError("the job did not end")
 
 
-def start_running_job(addon, fixtures, tmp_path, wav: str = "long.wav"):
-    """A job the worker is busy with (progress reported), not applied yet."""
-    scene, strip, mesh = make_scene(addon, fixtures, tmp_path, wav=wav)
+def run_until_busy(addon) -> None:
+    """Start a job and wait until the worker is busy with it (progress reported)."""
     job = addon.generation.start_generation(bpy.context)
     deadline = time.monotonic() + 120
     while job.job.progress == 0 and not job.job.done and time.monotonic() < deadline:
         assert addon.generation.poll_generation() is None
         time.sleep(0.01)
     assert not job.job.done
+
+
+def start_running_job(addon, fixtures, tmp_path, wav: str = "long.wav"):
+    """A scene with a job the worker is busy with, not applied yet."""
+    scene, strip, mesh = make_scene(addon, fixtures, tmp_path, wav=wav)
+    run_until_busy(addon)
     return scene, strip, mesh
 
 
@@ -313,24 +320,37 @@ def test_a_file_saved_during_a_job_reopens_with_a_normal_panel(clean, addon, fix
     assert poll_until_done(addon, 30) == ("INFO", "Generation cancelled; nothing was changed.")
 
 
+def clip_wav(source: Path, target: Path, seconds: float) -> Path:
+    """The first ``seconds`` of ``source``: a job that runs a little while."""
+    with wave.open(str(source)) as reader:
+        params = reader.getparams()
+        frames = reader.readframes(int(seconds * reader.getframerate()))
+    with wave.open(str(target), "wb") as writer:
+        writer.setparams(params)
+        writer.writeframes(frames)
+    return target
+
+
 def test_a_job_is_never_applied_to_another_files_head(clean, addon, fixtures, tmp_path):
-    scene, strip, mesh = make_scene(addon, fixtures, tmp_path, wav="long.wav")
+    wav = clip_wav(fixtures / "long.wav", tmp_path / "line.wav", 30.0)
+    scene, strip, mesh = make_scene(addon, fixtures, tmp_path, wav=str(wav))
     shot_b = tmp_path / "shot_b.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(shot_b))  # the same head name, no take
-    start_running_job(addon, fixtures, tmp_path)
+    run_until_busy(addon)
     bpy.ops.wm.open_mainfile(filepath=str(shot_b))
     head = bpy.data.objects["FLAME"]
-    assert "cancelled: another file was opened" in bpy.context.scene.emote.status
     worker = addon.generation.client()
-    deadline = time.monotonic() + 10
-    while any(not job.done for job in worker.jobs.values()) and time.monotonic() < deadline:
-        worker.drain()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:  # until the worker is done with the job
+        if addon.generation.poll_generation() is not None:
+            break
+        if not any(not job.done for job in worker.jobs.values()):
+            break
         time.sleep(0.01)
-    for _ in range(20):  # whatever the worker still sends is not applied here
-        assert addon.generation.poll_generation() is None
-        time.sleep(0.01)
+    addon.generation.poll_generation()
     assert len(head.emote_takes) == 0 and not len(bpy.data.actions)
     assert "emote_job" not in head.keys()
+    assert "cancelled: another file was opened" in bpy.context.scene.emote.status
 
 
 def test_a_renamed_head_gets_its_take(clean, addon, fixtures, tmp_path):
@@ -366,7 +386,9 @@ def test_a_frame_rate_change_during_a_job(clean, addon, fixtures, tmp_path):
     level, message = poll_until_done(addon)
     assert level == "INFO" and "frame rate changed" in message, message
     first, end = strip.frame_final_start, strip.frame_final_end
-    assert end - first > audio.frame_end - audio.frame_start  # the strip was re-timed
+    retimed = has_audio()  # Blender re-times sound strips it can read (4.2's PyPI bpy cannot)
+    if retimed:
+        assert end - first > audio.frame_end - audio.frame_start
     take = mesh.emote_takes[0]
     frames, values = fcurve_values(take.shape_action, mesh.data.shape_keys,
                                    'key_blocks["Exp1"].value')
@@ -376,7 +398,9 @@ def test_a_frame_rate_change_during_a_job(clean, addon, fixtures, tmp_path):
     positions = (file_time - audio.start) * 25
     np.testing.assert_allclose(values, np.interp(positions, np.arange(len(raw)), raw[:, 0]),
                                atol=1e-5)
-    assert abs(file_time[0] - audio.start) < 1 / 30 and abs(file_time[-1] - audio.end) < 2 / 30
+    if retimed:  # the same stretch of the file as when the job started
+        assert abs(file_time[0] - audio.start) < 1 / 30
+        assert abs(file_time[-1] - audio.end) < 2 / 30
 
 
 # -- reading the rig ---------------------------------------------------------------------------
@@ -453,7 +477,10 @@ print(json.dumps({"type": "bye", "reason": "idle"}), flush=True)
     client = addon.worker.WorkerClient(python="", server_root=root)
     try:
         first = client.wait_ready()["pid"]
-        client.process.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while client.process is not None and client.process.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
         job = client.send("ping")
         assert client.process is not None and client.process.pid != first
         client.wait(job)
