@@ -74,7 +74,7 @@ def client(context: Any = None) -> WorkerClient:
     python = worker_python(context)
     if _client is None or _client.python != python or _client.idle_timeout != idle:
         if _client is not None:
-            _client.stop()
+            _client.stop(wait=False)
         _client = WorkerClient(python=python, server_root=server_root(), idle_timeout=idle)
     return _client
 

@@ -118,6 +118,22 @@ def _kill_group(process: subprocess.Popen) -> None:
         pass  # the group is gone already
 
 
+def _shut_down(process: subprocess.Popen, outbox: queue.Queue | None, timeout: float) -> None:
+    """Ask the worker to quit through its request queue (when given), then kill its group."""
+    if outbox is not None:
+        outbox.put(protocol.encode({"type": protocol.SHUTDOWN}))
+        outbox.put(None)  # closes its stdin: the worker exits even if it missed the request
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    _kill_group(process)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        pass
+
+
 # -- the client --------------------------------------------------------------------------------
 
 @dataclass
@@ -269,27 +285,23 @@ class WorkerClient:
     def log_tail(self, lines: int = 10) -> str:
         return "\n".join(list(self._stderr)[-lines:])
 
-    def stop(self, timeout: float = 3.0, message: str = "The worker was stopped.") -> None:
+    def stop(self, timeout: float = 3.0, message: str = "The worker was stopped.",
+             wait: bool = True) -> None:
         """Shut the worker down (politely when it is up, else at once) with everything it
-        started; safe to call at any time."""
+        started; safe to call at any time. ``wait`` False leaves the polite wait to a
+        background thread (a preference change must not hold up Blender)."""
         process, outbox, was_ready = self.process, self._outbox, self.ready is not None
         self.process = None
         self._outbox = None
         self.ready = None
         self.loaded_key = None
         if process is not None:
-            if process.poll() is None and was_ready and outbox is not None:
-                outbox.put(protocol.encode({"type": protocol.SHUTDOWN}))
-                outbox.put(None)
-                try:
-                    process.wait(timeout=timeout)
-                except subprocess.TimeoutExpired:
-                    pass
-            _kill_group(process)
-            try:
-                process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                pass
+            polite = outbox if process.poll() is None and was_ready else None
+            if wait:
+                _shut_down(process, polite, timeout)
+            else:
+                threading.Thread(target=_shut_down, args=(process, polite, timeout),
+                                 daemon=True, name="emote-worker-stop").start()
         for job in self.jobs.values():
             if not job.done:
                 self._finish(job, {"type": protocol.ERROR, "id": job.id, "message": message})

@@ -487,3 +487,16 @@ print(json.dumps({"type": "bye", "reason": "idle"}), flush=True)
         assert job.reply["type"] == "error"  # this one quits at once too: it says so
     finally:
         client.stop()
+
+
+def test_changing_the_worker_python_does_not_wait_for_the_old_worker(clean, addon,
+                                                                     worker_python, tmp_path):
+    old = addon.generation.client()
+    old.wait_ready()
+    process = old.process
+    worker_python(fake_worker(tmp_path))
+    started = time.monotonic()
+    new = addon.generation.client()
+    assert new is not old and time.monotonic() - started < 0.2
+    assert process.wait(timeout=10) is not None  # the old worker still went
+    assert new.wait_ready()["backends"]["onnx"] == "1.23.2"
