@@ -1,14 +1,16 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Inference benchmark: the full-size EMOTE v2 architecture (wav2vec2-base, random weights).
+"""Inference benchmark: ONNX Runtime and torch side by side, in one run, on the same weights.
 
-Prints one table, medians of repeated runs, torch on 2 threads by default:
+The full-size EMOTE v2 architecture (wav2vec2-base, seeded random weights), CPU, 2 threads by
+default. Medians of repeated runs, the backends' runs interleaved so drift in machine speed
+hits both alike:
 
-* wav2vec2 forward alone (the floor: nothing can be faster than running wav2vec2 once);
-* first generation (empty cache: wav2vec2 + regressor + FLINT decoder + windowing);
-* re-generation with another emotion (cached audio features: regressor + decoder only);
-
-for 10 s and 60 s clips, and for a 10-minute clip its time, seconds per audio second and peak
-RSS, each long run in a fresh subprocess so the peak belongs to that run alone.
+* first generation (empty cache: wav2vec2 + regressor + FLINT decoder + windowing) and
+  re-generation with another emotion (cached audio features) for 10 s and 60 s clips;
+* a 10-minute clip: time, seconds per audio second and peak RSS, each run in a fresh
+  subprocess so the peak belongs to that run alone (the ONNX child never imports torch);
+* the worker's cold start: ``python -m server worker`` started, ``ready``, the built-in demo
+  model loaded (``loaded``), in a fresh process each run.
 
     .venv/bin/python bench/bench_inference.py [--runs 9] [--long-runs 5] [--threads 2]
 """
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -28,71 +31,112 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 EMOTIONS = ["Happy", "Sad", "Anger", "Surprise", "Fear", "Disgust", "Contempt", "Neutral"]
+BACKENDS = ("onnx", "torch")
 
 
-def build(threads: int):
-    import torch
+def random_source(seed: int = 0):
+    """The official architecture with seeded random weights, made with NumPy (no torch)."""
+    import numpy as np
 
+    from server.checkpoints import ModelSource
+    from server.config import EmoteConfig, emote_weights
+
+    config = EmoteConfig()
+    rng = np.random.default_rng(seed)
+    state = {}
+    for name, shape in emote_weights(config).items():
+        if name.endswith("num_batches_tracked"):
+            state[name] = np.zeros(shape, np.int64)
+        elif name.endswith(("running_var", "norm.weight", "norm1.weight", "norm2.weight",
+                            "layer_norm.weight", "original0")) or ".2.weight" in name:
+            state[name] = np.ones(shape, np.float32)
+        elif name.endswith(("bias", "running_mean")):
+            state[name] = np.zeros(shape, np.float32)
+        else:
+            state[name] = rng.normal(0, 0.02, shape).astype(np.float32)
+    return ModelSource(config=config, state=state, kind="benchmark", source=ROOT,
+                       flint_source="random")
+
+
+def build(backend: str, threads: int):
     from server.animator import Animator
-    from server.checkpoints import LoadedModel
-    from server.models.emote import EmoteConfig, EmoteModel
 
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = EmoteModel(EmoteConfig()).eval()
-    loaded = LoadedModel(model=model, config=model.config, kind="benchmark", source=None,
-                         flint_source="random")
-    return Animator(loaded, device="cpu")
+    return Animator(random_source(), backend=backend, device="cpu", threads=threads)
 
 
 def clip(seconds: float):
-    from server.audio import clip_from_samples
-    from tests.builders import speech_like
+    """The demo's sentence (real speech), repeated to ``seconds``."""
+    import numpy as np
 
-    return clip_from_samples(speech_like(seconds, seed=1))
+    from server.audio import SAMPLE_RATE, clip_from_samples, load_audio
+    from server.demo.recipe import SENTENCE_WAV
 
-
-def wav2vec2_floor(animator, audio) -> float:
-    import torch
-
-    from server.audio import SAMPLES_PER_FRAME, normalise
-
-    frames = audio.frames
-    wave = torch.from_numpy(normalise(audio.samples[: frames * SAMPLES_PER_FRAME]))[None]
-    start = time.perf_counter()
-    with torch.inference_mode():
-        animator.model.audio_model(wave, frames)
-    return time.perf_counter() - start
+    sentence = load_audio(SENTENCE_WAV).samples
+    repeats = int(np.ceil(seconds * SAMPLE_RATE / len(sentence)))
+    return clip_from_samples(np.tile(sentence, repeats)[: int(seconds * SAMPLE_RATE)])
 
 
-def measure_clip(animator, seconds: float, runs: int) -> dict[str, float]:
+def measure_clips(animators: dict, seconds: float, runs: int) -> dict[str, dict[str, float]]:
     audio = clip(seconds)
-    animator.generate(audio, {"emotion": "Neutral"})  # warm-up: allocator, kernels
-    floor, first, regen = [], [], []
+    times: dict[str, dict[str, list[float]]] = {b: {"first": [], "regen": []} for b in animators}
+    for animator in animators.values():
+        animator.generate(audio, {"emotion": "Neutral"})  # warm-up: allocators, kernels
     for i in range(runs):
-        # Interleaved, so drift in machine speed hits all three alike.
-        floor.append(wav2vec2_floor(animator, audio))
-        animator._cache.clear()
-        start = time.perf_counter()
-        animator.generate(audio, {"emotion": EMOTIONS[i % 8]})
-        first.append(time.perf_counter() - start)
-        start = time.perf_counter()
-        animator.generate(audio, {"emotion": EMOTIONS[(i + 1) % 8]})
-        regen.append(time.perf_counter() - start)
-    return {"seconds": seconds, "floor": statistics.median(floor),
-            "first": statistics.median(first), "regen": statistics.median(regen)}
+        for name, animator in animators.items():
+            animator._cache.clear()
+            start = time.perf_counter()
+            animator.generate(audio, {"emotion": EMOTIONS[i % 8]})
+            times[name]["first"].append(time.perf_counter() - start)
+            start = time.perf_counter()
+            animator.generate(audio, {"emotion": EMOTIONS[(i + 1) % 8]})
+            times[name]["regen"].append(time.perf_counter() - start)
+    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
 
 
-def long_child(seconds: float, threads: int) -> None:
+def long_child(backend: str, seconds: float, threads: int) -> None:
     """One long generation in this process; prints JSON with its time and peak RSS."""
-    animator = build(threads)
+    animator = build(backend, threads)
     audio = clip(seconds)
     start = time.perf_counter()
     take = animator.generate(audio, {"emotion": "Happy"})
     elapsed = time.perf_counter() - start
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    print(json.dumps({"seconds": elapsed, "frames": take.frames, "peak_rss_mb": peak_kib / 1024,
+    print(json.dumps({"seconds": elapsed, "frames": take.frames, "peak_rss_mb": peak_rss_mb(),
+                      "torch_imported": "torch" in sys.modules,
                       "windows": len(animator._cache[next(iter(animator._cache))].windows)}))
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux's ``ru_maxrss`` carries the parent's peak
+    over ``exec``; ``VmHWM`` belongs to this process image alone."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes there, KiB here
+
+
+def cold_start(backend: str, threads: int) -> float:
+    """Seconds from starting ``python -m server worker`` to the demo model's ``loaded``."""
+    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
+    start = time.perf_counter()
+    worker = subprocess.Popen([sys.executable, "-m", "server", "worker"], cwd=ROOT, env=env,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert worker.stdin is not None and worker.stdout is not None
+    worker.stdin.write(json.dumps({"type": "load", "id": "1", "model": None, "device": "cpu",
+                                   "backend": backend, "threads": threads}) + "\n")
+    worker.stdin.flush()
+    for line in worker.stdout:
+        reply = json.loads(line)
+        if reply.get("type") == "loaded":
+            break
+        if reply.get("type") == "error":
+            raise RuntimeError(reply["message"])
+    elapsed = time.perf_counter() - start
+    worker.stdin.close()
+    worker.wait(timeout=30)
+    return elapsed
 
 
 def main() -> None:
@@ -101,40 +145,57 @@ def main() -> None:
     parser.add_argument("--long-runs", type=int, default=5, help="runs of the long clip")
     parser.add_argument("--long-seconds", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--child-long", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--child-long", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_long:
-        long_child(args.long_seconds, args.threads)
+        long_child(args.child_long, args.long_seconds, args.threads)
         return
 
-    animator = build(args.threads)
-    rows = [measure_clip(animator, s, args.runs) for s in (10.0, 60.0)]
-    long_runs = []
+    animators = {b: build(b, args.threads) for b in BACKENDS}
+    rows = {s: measure_clips(animators, s, args.runs) for s in (10.0, 60.0)}
+    del animators
+    long_runs: dict[str, list[dict]] = {b: [] for b in BACKENDS}
     for _ in range(args.long_runs):
-        out = subprocess.run([sys.executable, __file__, "--child-long", "--threads",
-                              str(args.threads), "--long-seconds", str(args.long_seconds)],
-                             capture_output=True, text=True, check=True)
-        long_runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
-    long_time = statistics.median(r["seconds"] for r in long_runs)
-    peak = max(r["peak_rss_mb"] for r in long_runs)
+        for backend in BACKENDS:
+            out = subprocess.run([sys.executable, __file__, "--child-long", backend,
+                                  "--threads", str(args.threads),
+                                  "--long-seconds", str(args.long_seconds)],
+                                 capture_output=True, text=True, check=True)
+            long_runs[backend].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    starts: dict[str, list[float]] = {b: [] for b in BACKENDS}
+    for _ in range(args.runs):
+        for backend in BACKENDS:
+            starts[backend].append(cold_start(backend, args.threads))
 
     print(f"EMOTE v2 architecture (wav2vec2-base, random weights), CPU, {args.threads} threads; "
           f"medians of {args.runs} runs ({args.long_runs} for the long clip)")
-    print(f"{'clip':>8} | {'wav2vec2 floor':>14} | {'first gen':>10} | {'first/floor':>11} | "
-          f"{'re-gen':>9} | {'re-gen/first':>12} | {'s per audio s':>13}")
-    for r in rows:
-        print(f"{r['seconds']:>7.0f}s | {r['floor']:>13.3f}s | {r['first']:>9.3f}s | "
-              f"{r['first'] / r['floor']:>11.3f} | {r['regen'] * 1000:>7.1f}ms | "
-              f"{r['regen'] / r['first']:>11.2%} | {r['first'] / r['seconds']:>13.4f}")
-    rate_10 = rows[0]["first"] / rows[0]["seconds"]
-    rate_long = long_time / args.long_seconds
-    print(f"{args.long_seconds:>7.0f}s | first generation {long_time:.2f}s "
-          f"({long_runs[0]['windows']} windows), {rate_long:.4f} s per audio s = "
-          f"{rate_long / rate_10:.3f}× the 10 s rate; peak RSS {peak:.0f} MB")
+    print(f"{'':>22} | {'ONNX Runtime':>12} | {'torch':>10} | {'ONNX / torch':>12}")
+
+    def line(label: str, onnx: float, torch: float, unit: str = "s") -> None:
+        scale = 1000.0 if unit == "ms" else 1.0
+        print(f"{label:>22} | {onnx * scale:>10.3f}{unit:<2} | {torch * scale:>8.3f}{unit:<2} | "
+              f"{onnx / torch:>11.3f}×")
+
+    for seconds, row in rows.items():
+        line(f"{seconds:.0f} s first generation", row["onnx"]["first"], row["torch"]["first"])
+        line(f"{seconds:.0f} s re-generation", row["onnx"]["regen"], row["torch"]["regen"], "ms")
+    long = {b: statistics.median(r["seconds"] for r in runs) for b, runs in long_runs.items()}
+    peak = {b: max(r["peak_rss_mb"] for r in runs) for b, runs in long_runs.items()}
+    label = f"{args.long_seconds / 60:.0f} min first generation"
+    line(label, long["onnx"], long["torch"])
+    print(f"{'(seconds per audio s)':>22} | {long['onnx'] / args.long_seconds:>12.4f} | "
+          f"{long['torch'] / args.long_seconds:>10.4f} |")
+    print(f"{'peak RSS (MB)':>22} | {peak['onnx']:>12.0f} | {peak['torch']:>10.0f} | "
+          f"{peak['onnx'] / peak['torch']:>11.3f}×")
+    cold = {b: statistics.median(v) for b, v in starts.items()}
+    line("worker cold start", cold["onnx"], cold["torch"])
+    print(f"(the ONNX long runs imported torch: {any(r['torch_imported'] for r in long_runs['onnx'])}"
+          f"; {long_runs['onnx'][0]['windows']} windows of audio in the long clip)")
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     (results / "inference.json").write_text(json.dumps(
-        {"threads": args.threads, "clips": rows, "long": long_runs}, indent=2))
+        {"threads": args.threads, "clips": rows, "long": long_runs, "cold_start": starts},
+        indent=2))
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ torch; this module imports neither.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections import OrderedDict
@@ -111,13 +112,16 @@ class Animator:
         config = model.config
         self.grid = config.flint.frames_per_latent
         plan_windows(0, window, overlap, self.grid)  # a bad window is an error now, not later
-        self.loaded = model
+        self._info = model.info()
         if isinstance(model, LoadedModel) and model.model is not None:
             from .backends.pytorch import TorchBackend
 
             self.backend: Backend = TorchBackend(model.model, device, threads)
+            self.loaded = model
         else:
             self.backend = make_backend(model, backend, device, threads)
+            # The backend holds the weights now; this keeps what the model is, not a second copy.
+            self.loaded = dataclasses.replace(model, state={})
         self.device = self.backend.device
         self.space = ConditionSpace(tuple(config.emotions), tuple(config.intensities),
                                     tuple(config.styles))
@@ -130,7 +134,7 @@ class Animator:
 
     def info(self) -> dict[str, Any]:
         """The model's description plus what runs it."""
-        return {**self.loaded.info(), **self.backend.describe()}
+        return {**self._info, **self.backend.describe()}
 
     # ---------------------------------------------------------------------------------------
     def encode(self, clip: AudioClip, progress: Progress | None = None,

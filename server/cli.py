@@ -105,10 +105,16 @@ def _model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--assets", type=Path,
                         help="assets root holding MotionPrior/ (default: three levels above an "
                              "official EMOTE_v2 folder)")
+    parser.add_argument("--backend", default="auto", choices=("auto", "onnx", "torch"),
+                        help="what runs the networks: onnx (ONNX Runtime, CPU, no torch), torch "
+                             "(CPU, CUDA, MPS); default: auto = onnx when onnxruntime is "
+                             "installed, torch for --device cuda or mps")
     parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"),
-                        help="where to run (default: auto = cuda, then mps, then cpu)")
+                        help="where to run: the onnx backend runs on the CPU; torch's auto = "
+                             "cuda, then mps, then cpu (default: auto)")
     parser.add_argument("--threads", type=int,
-                        help="CPU threads for torch (1 to 4 × the number of CPU cores)")
+                        help="CPU threads (1 to 4 × the number of CPU cores; default: one per "
+                             "core)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,14 +152,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-def _load(args: argparse.Namespace) -> Any:
-    import torch
+def _animator(args: argparse.Namespace) -> Any:
+    """The model of ``--model`` in the backend of ``--backend`` / ``--device``."""
+    from .animator import Animator
+    from .backends import choose
+    from .checkpoints import read_model
 
-    from .checkpoints import load_model
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    return load_model(args.model, args.assets)
+    backend = choose(args.backend, args.device)  # an unusable choice fails before loading
+    return Animator(read_model(args.model, args.assets), device=args.device, backend=backend,
+                    threads=args.threads)
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -170,7 +177,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
-    info = _load(args).info()
+    info = _animator(args).info()
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -185,6 +192,8 @@ def _info(args: argparse.Namespace) -> int:
     print(f"Audio model:  wav2vec2, {info['audio_layers']} layers × {info['audio_hidden_size']}")
     print(f"Parameters:   {info['parameters']:,}")
     print(f"FLINT:        {info['flint']}")
+    print(f"Backend:      {info['runtime']} on {info['device']}"
+          + (f"; graphs {info['graphs']}" if info["graphs"] else ""))
     for note in info["notes"]:
         print(f"Note:         {note}")
     return 0
@@ -264,10 +273,8 @@ def _generate(args: argparse.Namespace) -> int:
         from .flame import FlameModel, load_flame_file
 
         flame = FlameModel(load_flame_file(args.flame))
-    loaded = _load(args)
-    from .animator import Animator
-
-    animator = Animator(loaded, device=args.device)
+    animator = _animator(args)
+    loaded = animator.loaded
     conditions = _conditions(args, list(loaded.config.emotions))
     for _, condition in conditions:  # a bad mixture is one error, not one per input
         animator.space.per_frame(condition, 1)

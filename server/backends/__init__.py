@@ -16,8 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-BACKENDS = ("auto", "onnx", "torch")
-DEVICES = ("auto", "cpu", "cuda", "mps")
+from ..protocol import BACKENDS, DEVICES
 
 
 class Cancelled(Exception):

@@ -1,0 +1,243 @@
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""The ONNX Runtime backend against the torch modules: same weights, same audio, same numbers;
+the graphs as valid ONNX; no torch on its path; cancel inside a window; determinism."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnxruntime")
+
+from server.animator import Animator, Cancelled  # noqa: E402
+from server.audio import clip_from_samples  # noqa: E402
+from server.checkpoints import ModelSource, read_model  # noqa: E402
+from server.config import EmoteConfig, FlintConfig  # noqa: E402
+from server.graphs.emote import emote_graphs  # noqa: E402
+from tests.builders import (  # noqa: E402
+    ROOT,
+    TINY_WAV2VEC2,
+    random_model,
+    run_server,
+    speech_like,
+    tiny_config,
+    write_official_release,
+    write_wav,
+)
+
+TOLERANCE = 1e-4  # max abs difference on expression and jaw, ONNX Runtime vs torch
+HAPPY = {"emotion": "Happy", "intensity": 2, "style": 0}
+
+
+def source_of(model, kind: str = "test") -> ModelSource:
+    state = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    return ModelSource(config=model.config, state=state, kind=kind, source=ROOT,
+                       flint_source="random")
+
+
+def both(source: ModelSource, **window) -> tuple[Animator, Animator]:
+    return (Animator(source, backend="onnx", threads=2, **window),
+            Animator(source, backend="torch", device="cpu", threads=2, **window))
+
+
+def assert_same_takes(onnx: Animator, reference: Animator, seconds: float, seed: int = 3,
+                      condition=HAPPY) -> None:
+    clip = clip_from_samples(speech_like(seconds, seed=seed))
+    a = onnx.generate(clip, condition)
+    b = reference.generate(clip, condition)
+    assert a.frames == b.frames == clip.frames
+    assert np.abs(a.expression - b.expression).max() <= TOLERANCE
+    assert np.abs(a.jaw - b.jaw).max() <= TOLERANCE
+    assert np.abs(b.expression).max() > 0.05 and np.abs(b.jaw).max() > 1e-3  # visible motion
+
+
+@pytest.fixture(scope="module")
+def official_full(tmp_path_factory):
+    """The official release layout at full size (wav2vec2-base, 12 layers × 768), read from its
+    Lightning checkpoint as a user downloads it."""
+    assets = tmp_path_factory.mktemp("official")
+    emote, _ = write_official_release(assets, seed=5, config=EmoteConfig())
+    return read_model(emote)
+
+
+@pytest.fixture(scope="module")
+def demo():
+    return read_model(None)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 40.0, 52.0], ids=["short", "40s", "two-windows"])
+def test_official_layout_at_full_size_matches_torch(official_full, seconds):
+    assert official_full.config.audio.hidden_size == 768
+    assert_same_takes(*both(official_full), seconds)
+
+
+@pytest.mark.parametrize("seconds", [3.0, 40.0, 52.0], ids=["short", "40s", "two-windows"])
+def test_demo_model_matches_torch(demo, seconds):
+    assert_same_takes(*both(demo), seconds, seed=4,
+                      condition={"emotion": {"Sad": 0.7, "Surprise": 0.3}, "intensity": 1,
+                                 "style": 3})
+
+
+def test_many_windows_and_per_frame_conditions_match_torch(demo):
+    """Small windows (so the 20 s clip has several), a per-frame curve of conditions."""
+    onnx, reference = both(demo, window=160, overlap=32)
+    frames = clip_from_samples(speech_like(20.0)).frames
+    curve = np.zeros((frames, demo.config.condition_dim), np.float32)
+    curve[:, 0] = np.linspace(1, 0, frames)
+    curve[:, 6] = np.linspace(0, 1, frames)
+    curve[:, 10] = 1.0
+    curve[:, 11] = 1.0
+    assert_same_takes(onnx, reference, 20.0, condition=curve)
+
+
+VARIANTS = {
+    "layer-norm-cnn-stable-encoder": dict(
+        wav2vec2=dict(TINY_WAV2VEC2, feat_extract_norm="layer", do_stable_layer_norm=True,
+                      conv_bias=True)),
+    "odd-pos-kernel-3-heads": dict(
+        wav2vec2=dict(TINY_WAV2VEC2, num_conv_pos_embeddings=15, num_attention_heads=4),
+        n_heads=4, period=1, num_layers=2, style_bias=False),
+    "quant-2-flint-2-layers-6-heads": dict(
+        feature_dim=12, n_heads=6, dim_feedforward=20,
+        flint=FlintConfig(feature_dim=12, latent_dim=20, quant_factor=2, n_heads=6,
+                          dim_feedforward=18, num_layers=2, smooth_kernel=3)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(VARIANTS))
+def test_other_configurations_match_torch(name):
+    """Any configuration our torch modules build, the graphs are written for."""
+    config = EmoteConfig(**{**tiny_config().to_dict(), "flint": tiny_config().flint,
+                            **VARIANTS[name]})
+    source = source_of(random_model(config, seed=2))
+    assert_same_takes(*both(source), 6.0, seed=7)
+
+
+def test_graphs_are_valid_onnx(demo):
+    """Checked by the ``onnx`` package, shapes inferred, with zeros standing in for the weights
+    that are normally bound at session creation."""
+    onnx = pytest.importorskip("onnx")
+    for name, graph in emote_graphs(demo.config).items():
+        model = onnx.load_from_string(graph.model)
+        assert model.opset_import[0].version == 17, name
+        external = [t for t in model.graph.initializer
+                    if t.data_location == onnx.TensorProto.EXTERNAL]
+        assert {t.name: tuple(t.dims) for t in external} == graph.weights
+        for t in external:
+            del t.external_data[:]
+            t.data_location = onnx.TensorProto.DEFAULT
+            t.raw_data = np.zeros(tuple(t.dims), np.float32).tobytes()
+        onnx.checker.check_model(model, full_check=True)
+
+
+def test_onnx_runs_are_deterministic(demo):
+    clip = clip_from_samples(speech_like(8.0, seed=9))
+    first = Animator(demo, backend="onnx").generate(clip, HAPPY)
+    second = Animator(demo, backend="onnx").generate(clip, HAPPY)
+    np.testing.assert_array_equal(first.expression, second.expression)
+    np.testing.assert_array_equal(first.jaw, second.jaw)
+
+
+def test_a_cancel_stops_inside_a_long_window(official_full):
+    """The cancel lands while wav2vec2 runs on a 40 s window (one window: the engine's own
+    checks between windows never run); ONNX Runtime's terminate flag stops the run."""
+    animator = Animator(official_full, backend="onnx", threads=2)
+    clip = clip_from_samples(speech_like(40.0, seed=1))
+    cancel = threading.Event()
+    backend = animator.backend
+    original = backend._run
+    seen = []
+
+    def run(graph, feeds, options, cancel_event, outputs=1):
+        seen.append(graph)
+        if graph == "audio_encoder":  # the transformer: cancel once this run has begun
+            threading.Timer(0.05, cancel.set).start()
+        return original(graph, feeds, options, cancel_event, outputs)
+
+    backend._run = run
+    with pytest.raises(Cancelled):
+        animator.generate(clip, HAPPY, cancel=cancel)
+    assert seen[-1] == "audio_encoder" and animator.stats["audio_encodes"] == 0
+    backend._run = original
+    take = animator.generate(clip, HAPPY, cancel=threading.Event())  # works afterwards
+    assert take.frames == clip.frames
+
+
+def test_auto_backend_is_onnx_on_cpu_and_torch_for_cuda(demo):
+    from server import backends
+
+    assert backends.choose("auto", "auto") == "onnx"
+    assert backends.choose("auto", "cuda") == "torch"
+    with pytest.raises(ValueError, match="runs on the CPU"):
+        backends.choose("onnx", "cuda")
+    with pytest.raises(ValueError, match="Unknown backend"):
+        backends.choose("tensorflow", "cpu")
+    assert Animator(demo).backend.name == "onnx"
+
+
+BLOCK_TORCH = """
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split('.')[0] in ('torch', 'transformers', 'safetensors', 'smplx', 'scipy'):
+            raise ImportError(f'{name} must not be imported on the ONNX path')
+sys.meta_path.insert(0, Block())
+"""
+
+
+def test_the_onnx_path_never_imports_torch(tmp_path, official_full):
+    """The CLI, end to end on the demo model and on the official layout, in a Python where
+    importing torch, transformers, safetensors, smplx or scipy fails."""
+    wav = write_wav(tmp_path / "line.wav", 3.0)
+    for model in (None, official_full.source):
+        out = tmp_path / f"take-{'demo' if model is None else 'official'}.npz"
+        args = ["generate", str(wav), "--emotion", "Happy", "-o", str(out), "--backend", "onnx"]
+        if model is not None:
+            args += ["--model", str(model)]
+        code = BLOCK_TORCH + f"from server.cli import main; sys.exit(main({args!r}))"
+        result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                                text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        with np.load(out) as take:
+            assert take["expression"].shape == (75, 100) and np.isfinite(take["jaw"]).all()
+
+
+def test_cli_backends_agree_and_info_names_the_backend(tmp_path):
+    wav = write_wav(tmp_path / "line.wav", 3.0, seed=2)
+    takes = {}
+    for backend in ("onnx", "torch"):
+        out = tmp_path / f"{backend}.npz"
+        result = run_server("generate", wav, "--emotion", "Anger", "--backend", backend,
+                            "-o", out)
+        assert result.returncode == 0, result.stderr
+        with np.load(out) as take:
+            takes[backend] = {k: take[k] for k in ("expression", "jaw")}
+    for key in ("expression", "jaw"):
+        assert np.abs(takes["onnx"][key] - takes["torch"][key]).max() <= TOLERANCE
+    info = run_server("info", "--json", "--backend", "onnx")
+    assert info.returncode == 0, info.stderr
+    described = json.loads(info.stdout)
+    assert described["backend"] == "onnx" and "ONNX Runtime" in described["runtime"]
+    assert "authored from the model's config" in described["graphs"]
+
+
+def test_torch_state_and_onnx_weights_share_names(official_full):
+    """The graphs ask for exactly the checkpoint's weights (the positional convolution's two
+    weight-norm parameters folded into one; the first GroupNorm's applied from the window's
+    statistics outside the graphs)."""
+    graphs = emote_graphs(official_full.config)
+    asked = set().union(*(g.weights for g in graphs.values()))
+    state = set(official_full.state)
+    assert asked - state == {"audio_model.model.encoder.pos_conv_embed.conv.weight"}
+    unused = state - asked
+    group_norm = "audio_model.model.feature_extractor.conv_layers.0.layer_norm."
+    assert unused == {k for k in state if k.endswith((
+        "num_batches_tracked", "masked_spec_embed", "weight.original0", "weight.original1"))
+        or k.startswith(group_norm)}
+    torch_keys = set(random_model(official_full.config).state_dict())
+    assert torch_keys == state
