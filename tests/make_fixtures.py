@@ -1,9 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """``python -m tests.make_fixtures OUT``: the torch-side files the Blender tests need (run with
-the worker venv): a tiny model bundle, synthetic FLAME files in both conventions' layouts,
-speech, the official release's FLAME folder (with DECA's landmark embedding) and FLAME files
-that must be refused. ``python -m tests.make_fixtures --forward FLAME IN.npz OUT.npz``: FLAME
-vertices for (expression, jaw) rows, the geometric reference."""
+the worker venv): a tiny model bundle, a tiny model in the official release's layout,
+synthetic FLAME files in both conventions' layouts, speech, the official release's FLAME folder
+(with DECA's landmark embedding) and FLAME files that must be refused.
+``python -m tests.make_fixtures --forward FLAME IN.npz OUT.npz``: FLAME vertices for
+(expression, jaw) rows, the geometric reference."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def make(out: Path) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     builders.write_bundle(out / "bundle", seed=3)
+    # A model laid out exactly as the official EMOTE v2 download (Lightning checkpoints, cfg.yaml,
+    # FLINT found from the config), tiny sizes.
+    builders.write_official_release(out / "release", seed=4)
     builders.write_synthetic_flame(out / "flame.pkl")
     builders.write_synthetic_flame(out / "flame_legacy.pkl", legacy=True)
     # The official download's FLAME folder: generic_model.pkl beside DECA's embedding, whose
