@@ -1,3 +1,3 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""Training: FLINT and EMOTE stage 1 (stage 2 is being built). Imports Lightning; the
-inference path never imports this package."""
+"""Training: FLINT and EMOTE stages 1 and 2 (torch, Lightning). The inference path never
+imports this package."""
