@@ -270,9 +270,9 @@ def _generate(args: argparse.Namespace) -> int:
         inputs[0]: load_audio(inputs[0], args.start, args.end, args.allow_low_rate)}
     flame = None
     if args.flame is not None:
-        from .flame import FlameModel, load_flame_file
+        from .flame import load_flame_file
 
-        flame = FlameModel(load_flame_file(args.flame))
+        flame = load_flame_file(args.flame)
     animator = _animator(args)
     loaded = animator.loaded
     conditions = _conditions(args, list(loaded.config.emotions))
@@ -332,9 +332,11 @@ def _write(out: Path, take: Any, flame: Any) -> None:
 
     vertices = faces = None
     if flame is not None:
+        from .flame import flame_vertices
+
         n = min(flame.n_expression, take.expression.shape[1])
-        vertices = flame.vertices(take.expression[:, :n], take.jaw)
-        faces = flame.data.faces
+        vertices = flame_vertices(flame, take.expression[:, :n], take.jaw)
+        faces = flame.faces
     write_take(out, take, vertices, faces)
 
 

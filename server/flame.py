@@ -320,6 +320,63 @@ def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
     return eye + s * k + (1 - c) * (k @ k)
 
 
+def flame_vertices(data: FlameData, expression: np.ndarray, jaw: np.ndarray,
+                   shape: np.ndarray | None = None, batch: int = 64) -> np.ndarray:
+    """FLAME's forward pass in NumPy: posed vertices (T, V, 3) in metres for per-frame
+    expression (T, E) and jaw axis-angle (T, 3); neck, eyes and the global rotation at rest, as
+    in EMOTE. Shape blend shapes, joints from the shaped mesh, pose correctives from
+    ``R − I`` of joints 1–4, and linear blend skinning over the joint tree (smplx's ``lbs``
+    maths, which :class:`FlameModel` runs and the tests compare against)."""
+    expression = np.asarray(expression, np.float64)
+    jaw = np.asarray(jaw, np.float64)
+    frames, n_exp = expression.shape
+    if n_exp > data.n_expression:
+        raise ValueError(f"The FLAME file has {data.n_expression} expression components; got "
+                         f"{n_exp}.")
+    betas = np.zeros(SHAPE_SPACE_DIM) if shape is None else np.pad(
+        np.asarray(shape, np.float64), (0, SHAPE_SPACE_DIM - len(shape)))
+    rest = data.v_template + data.shapedirs[..., :SHAPE_SPACE_DIM] @ betas  # (V, 3)
+    expression_dirs = data.shapedirs[..., SHAPE_SPACE_DIM:SHAPE_SPACE_DIM + n_exp]
+    parents = data.parents
+    out = np.zeros((frames, data.n_vertices, 3))
+    for start in range(0, frames, batch):
+        stop = min(frames, start + batch)
+        n = stop - start
+        shaped = rest + np.einsum("vck,tk->tvc", expression_dirs, expression[start:stop])
+        joints = np.einsum("jv,tvc->tjc", data.j_regressor, shaped)  # (n, 5, 3)
+        rotations = np.broadcast_to(np.eye(3), (n, N_JOINTS, 3, 3)).copy()
+        # smplx's batch_rodrigues measures the angle of (v + 1e-8): the same here, so both
+        # forward passes give the same vertices to rounding.
+        rotations[:, JAW_JOINT] = _rodrigues_like_smplx(jaw[start:stop])
+        feature = (rotations[:, 1:] - np.eye(3)).reshape(n, -1)  # (n, 36)
+        posed = shaped + np.einsum("vck,tk->tvc", data.posedirs, feature)
+        world = np.zeros((n, N_JOINTS, 4, 4))
+        for j in range(N_JOINTS):
+            local = np.zeros((n, 4, 4))
+            local[:, :3, :3] = rotations[:, j]
+            offset = joints[:, j] - (joints[:, parents[j]] if parents[j] >= 0 else 0.0)
+            local[:, :3, 3] = offset
+            local[:, 3, 3] = 1.0
+            world[:, j] = local if parents[j] < 0 else world[:, parents[j]] @ local
+        # Skinning transforms: each joint's world transform applied relative to its rest
+        # position.
+        world[:, :, :3, 3] -= np.einsum("tjab,tjb->tja", world[:, :, :3, :3], joints)
+        blend = np.einsum("vj,tjab->tvab", data.weights, world[:, :, :3, :])  # (n, V, 3, 4)
+        out[start:stop] = np.einsum("tvab,tvb->tva", blend[..., :3], posed) + blend[..., 3]
+    return out
+
+
+def _rodrigues_like_smplx(axis_angle: np.ndarray) -> np.ndarray:
+    angle = np.linalg.norm(axis_angle + 1e-8, axis=-1, keepdims=True)
+    axis = axis_angle / angle
+    x, y, z = axis[..., 0], axis[..., 1], axis[..., 2]
+    zero = np.zeros_like(x)
+    k = np.stack([zero, -z, y, z, zero, -x, -y, x, zero], -1).reshape(axis.shape[:-1] + (3, 3))
+    s = np.sin(angle)[..., None]
+    c = np.cos(angle)[..., None]
+    return np.eye(3) + s * k + (1 - c) * (k @ k)
+
+
 def jaw_corrective_weights(jaw: np.ndarray) -> np.ndarray:
     """Weights of the jaw's nine pose-corrective blend shapes, ``(R_jaw − I)`` row-major (T, 9).
 

@@ -197,14 +197,17 @@ def test_the_onnx_path_never_imports_torch(tmp_path, official_full):
     for model in (None, official_full.source):
         out = tmp_path / f"take-{'demo' if model is None else 'official'}.npz"
         args = ["generate", str(wav), "--emotion", "Happy", "-o", str(out), "--backend", "onnx"]
-        if model is not None:
-            args += ["--model", str(model)]
+        if model is not None:  # and vertices from the release's own FLAME file
+            flame = model.parents[2] / "FLAME" / "geometry" / "generic_model.pkl"
+            args += ["--model", str(model), "--flame", str(flame)]
         code = BLOCK_TORCH + f"from server.cli import main; sys.exit(main({args!r}))"
         result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                                 text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         with np.load(out) as take:
             assert take["expression"].shape == (75, 100) and np.isfinite(take["jaw"]).all()
+            if model is not None:
+                assert take["vertices"].shape == (75, 300, 3) and len(take["faces"])
 
 
 def test_cli_backends_agree_and_info_names_the_backend(tmp_path):
