@@ -189,8 +189,9 @@ def main() -> None:
           f"{peak['onnx'] / peak['torch']:>11.3f}×")
     cold = {b: statistics.median(v) for b, v in starts.items()}
     line("worker cold start", cold["onnx"], cold["torch"])
-    print(f"(the ONNX long runs imported torch: {any(r['torch_imported'] for r in long_runs['onnx'])}"
-          f"; {long_runs['onnx'][0]['windows']} windows of audio in the long clip)")
+    imported = any(r["torch_imported"] for r in long_runs["onnx"])
+    print(f"(the ONNX long runs imported torch: {imported}; "
+          f"{long_runs['onnx'][0]['windows']} windows of audio in the long clip)")
     results = ROOT / "bench" / "results"
     results.mkdir(exist_ok=True)
     (results / "inference.json").write_text(json.dumps(
