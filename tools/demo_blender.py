@@ -144,15 +144,17 @@ def main() -> None:
     try:
         run()
     finally:
-        sys.modules[MODULE].operators.stop_worker()
+        sys.modules[MODULE].generation.stop_worker()
         addon_utils.disable(MODULE, default_set=True)
     log(f"done in {time.perf_counter() - started:.1f} s")
 
 
 def run() -> None:
     prefs = bpy.context.preferences.addons[MODULE].preferences
-    prefs.python = str(ROOT / ".venv" / "bin" / "python")
-    prefs.model_kind, prefs.flame_path = "DEMO", ""  # the defaults, said explicitly
+    # The defaults, said explicitly: the worker is Blender's own Python (ONNX Runtime from the
+    # extension's wheels), the built-in demo model, the built-in demo head.
+    prefs.python = ""
+    prefs.model_kind, prefs.flame_path = "DEMO", ""
     prefs.device, prefs.idle_minutes = "cpu", 0
     scene = empty_scene()
     strip = add_sentence(scene)
