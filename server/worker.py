@@ -16,7 +16,7 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, BinaryIO, TextIO
 
 import numpy as np
 
@@ -36,7 +36,13 @@ class Worker:
 
     # -- output ---------------------------------------------------------------------------
     def send(self, kind: str, **fields: Any) -> None:
-        line = protocol.encode({"type": kind, **fields})
+        try:
+            line = protocol.encode({"type": kind, **fields})
+        except (ValueError, TypeError) as exc:  # never let one reply kill the worker
+            traceback.print_exc(file=sys.stderr)
+            line = protocol.encode({"type": protocol.ERROR, "id": _echo_id(fields.get("id")),
+                                    "message": f"The '{kind}' reply could not be sent as JSON "
+                                               f"({exc}); see the worker log."})
         with self._write_lock:
             try:
                 self.out.write(line)
@@ -45,21 +51,28 @@ class Worker:
                 pass  # the client is gone; stdin will close and we exit
 
     # -- main loop ------------------------------------------------------------------------
-    def run(self, stdin: TextIO) -> int:
-        import torch
+    def run(self, stdin: BinaryIO | TextIO) -> int:
+        from .backends import available
 
-        mps = getattr(torch.backends, "mps", None)
+        # Nothing heavy before "ready": which backends exist is read from the installed
+        # packages' metadata, without importing them (torch alone takes most of a second).
         self.send(protocol.READY, version=protocol.VERSION, pid=os.getpid(),
-                  torch=torch.__version__, cuda=bool(torch.cuda.is_available()),
-                  mps=bool(mps is not None and mps.is_available()))
+                  backends=available())
         job_thread = threading.Thread(target=self._job_loop, name="emote-jobs", daemon=True)
         job_thread.start()
-        lines: queue.Queue[str | None] = queue.Queue()
+        lines: queue.Queue[bytes | str | None] = queue.Queue()
 
         def read() -> None:
-            for line in stdin:
-                lines.put(line)
-            lines.put(None)
+            # Lines are read as bytes and decoded one by one (protocol.decode), so a line that is
+            # not UTF-8 gets an error reply; should reading itself ever fail, the worker exits
+            # instead of living on deaf.
+            try:
+                for line in stdin:
+                    lines.put(line)
+            except Exception:
+                traceback.print_exc(file=sys.stderr)
+            finally:
+                lines.put(None)
 
         threading.Thread(target=read, name="emote-stdin", daemon=True).start()
         reason = "stdin closed"
@@ -82,6 +95,11 @@ class Worker:
                 message = protocol.decode(line)
             except protocol.ProtocolError as exc:
                 self.send(protocol.ERROR, message=str(exc))
+                continue
+            try:
+                protocol.validate_request(message)
+            except protocol.ProtocolError as exc:
+                self.send(protocol.ERROR, id=_echo_id(message.get("id")), message=str(exc))
                 continue
             kind = message["type"]
             if kind == protocol.SHUTDOWN:
@@ -128,7 +146,8 @@ class Worker:
                 if isinstance(exc, Cancelled):
                     self.send(protocol.CANCELLED, id=job_id)
                 else:
-                    self.send(protocol.ERROR, id=job_id, message=_user_message(exc))
+                    self.send(protocol.ERROR, id=job_id,
+                              message=_user_message(exc, message["type"]))
                     if not isinstance(exc, ValueError):
                         traceback.print_exc(file=sys.stderr)
             finally:
@@ -136,21 +155,23 @@ class Worker:
                 self._cancel_events.pop(job_id, None)
 
     def _load(self, message: dict[str, Any]) -> None:
-        import torch
-
         from .animator import Animator
-        from .checkpoints import load_model
+        from .backends import choose
+        from .checkpoints import read_model
 
-        if message.get("threads"):
-            torch.set_num_threads(int(message["threads"]))
-        window = {k: int(message[k]) for k in ("window", "overlap") if message.get(k)}
-        key = (str(message.get("model")), str(message.get("assets")), message.get("device", "auto"),
+        threads = int(message["threads"]) if message.get("threads") else None
+        window = {k: int(message[k]) for k in ("window", "overlap")
+                  if message.get(k) is not None}
+        device = message.get("device", "auto")
+        backend = choose(message.get("backend", "auto"), device)
+        key = (str(message.get("model")), str(message.get("assets")), device, backend, threads,
                tuple(sorted(window.items())))
         if self.animator is None or key != self.model_key:
-            loaded = load_model(message.get("model"), message.get("assets"))
-            self.animator = Animator(loaded, device=message.get("device", "auto"), **window)
+            source = read_model(message.get("model"), message.get("assets"))
+            self.animator = Animator(source, device=device, backend=backend, threads=threads,
+                                     **window)
             self.model_key = key
-        self.send(protocol.LOADED, id=message["id"], info=self.animator.loaded.info(),
+        self.send(protocol.LOADED, id=message["id"], info=self.animator.info(),
                   device=str(self.animator.device))
 
     def _generate(self, message: dict[str, Any], cancel: threading.Event) -> None:
@@ -160,6 +181,10 @@ class Worker:
             raise ValueError("No model is loaded: send a 'load' request first.")
         job_id = message["id"]
         started = time.perf_counter()
+        if message.get("output"):
+            from .output import check_output_file
+
+            check_output_file(Path(message["output"]), [Path(message["audio"])])
         clip = load_audio(message["audio"], message.get("start"), message.get("end"),
                           bool(message.get("allow_low_rate", False)))
         cached = self.animator.cached(clip)
@@ -174,6 +199,9 @@ class Worker:
         take = self.animator.generate(clip, message["condition"], progress, cancel)
         if cancel.is_set():
             raise _cancelled()
+        from .output import check_take_finite
+
+        check_take_finite(take)
         reply: dict[str, Any] = {
             "id": job_id, "frames": take.frames, "fps": take.fps, "label": take.label,
             "cached": cached, "seconds": round(time.perf_counter() - started, 4),
@@ -199,12 +227,32 @@ def _cancelled() -> Exception:
     return Cancelled("Cancelled.")
 
 
-def _user_message(exc: Exception) -> str:
+def _echo_id(value: Any) -> Any:
+    """The request's id when a reply can carry it back (protocol.validate_request's kinds)."""
+    if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        return None
+    return value
+
+
+MAX_DETAIL_CHARS = 300  # of an unexpected exception's text in an error reply
+
+
+def _user_message(exc: BaseException, kind: str = protocol.GENERATE) -> str:
+    """One sentence on one line for the user; the traceback goes to the worker log."""
     if isinstance(exc, (ValueError, FileNotFoundError)):
-        return str(exc)
-    if isinstance(exc, MemoryError):
-        return "Out of memory while generating; try a shorter clip or the CPU device."
-    return f"Internal error ({type(exc).__name__}: {exc}); see the worker log."
+        text = str(exc)
+    elif isinstance(exc, MemoryError):
+        text = ("Out of memory while loading the model; the model is too big for this machine."
+                if kind == protocol.LOAD else
+                "Out of memory while generating; try a shorter clip or the CPU device.")
+    else:
+        detail = f"{type(exc).__name__}: {exc}"
+        if len(detail) > MAX_DETAIL_CHARS:
+            detail = detail[:MAX_DETAIL_CHARS - 1] + "…"
+        text = (f"The model could not be loaded ({detail}); its config or weights are broken "
+                "or made for another version, see the worker log." if kind == protocol.LOAD
+                else f"Generation failed inside the model ({detail}); see the worker log.")
+    return " ".join(text.split())
 
 
 def main(idle_timeout: float | None = None) -> int:
@@ -212,4 +260,6 @@ def main(idle_timeout: float | None = None) -> int:
     protocol_out = sys.stdout
     sys.stdout = sys.stderr  # stray prints must not corrupt the protocol stream
     worker = Worker(protocol_out, idle_timeout=idle_timeout)
-    return worker.run(sys.stdin)
+    # Bytes from a reader of our own (over a copy of the descriptor), not sys.stdin.buffer:
+    # the interpreter must not wait at exit for the lock the blocked reader thread holds.
+    return worker.run(open(os.dup(sys.stdin.fileno()), "rb"))
