@@ -5,7 +5,7 @@ Built deterministically by code (no data files): a head with a neck, nose, brows
 with separate eyeballs, lips with a real mouth opening and a mouth cavity behind it. The
 lower face is skinned to the jaw joint, so a positive rotation about x opens the mouth as in
 FLAME. The expression basis has named components an artist recognises (lip rounding, smile,
-brow raise, ...); the remaining columns are zero. Coordinates follow FLAME: metres, y up,
+brow raise, blink, ...); the remaining columns are zero. Coordinates follow FLAME: metres, y up,
 z toward the viewer, x toward the subject's left.
 
 The result is a :class:`DemoHead`: the :class:`~server.flame.FlameData` plus the vertex and face
@@ -40,7 +40,7 @@ EXPRESSIONS = (
     "lip rounding", "lip spread", "upper lip raise", "lower lip depress", "lip press",
     "mouth corners up", "mouth corners down", "cheek raise", "brow raise", "brow lower",
     "brow inner up", "nose wrinkle", "eye widen", "eye squint", "left corner up",
-    "lips part", "cheek puff", "mouth sideways",
+    "lips part", "cheek puff", "mouth sideways", "blink",
 )
 IDENTITY_SHAPES = ("head width", "face length", "nose size", "lip fullness", "jaw width")
 
@@ -296,6 +296,7 @@ def build_demo_head() -> DemoHead:
     flame = FlameData(v_template=v, faces=faces, shapedirs=shapedirs,
                       posedirs=np.zeros((n, 3, 36)), j_regressor=j_regressor, weights=weights,
                       kintree_table=kintree)
+    flame.shapedirs[:, :, SHAPE_SPACE_DIM + EXPRESSIONS.index("blink")] = _blink_shape(flame)
     flame.landmark_faces, flame.landmark_barycentrics = _landmarks(v, faces, upper_side, groups,
                                                                    skin_faces)
     front = groups["skin"][(v[groups["skin"], 2] > 0.02) & (v[groups["skin"], 1] > -0.12)]
@@ -363,6 +364,48 @@ def _region(v: np.ndarray, x0: float, y0: float, sx: float, sy: float,
     x = np.abs(v[:, 0]) if mirror else v[:, 0]
     front = _smoothstep(v[:, 2], 0.0, 0.04)
     return front * np.exp(-0.5 * (((x - x0) / sx) ** 2 + ((v[:, 1] - y0) / sy) ** 2))
+
+
+def _blink_shape(flame: FlameData) -> np.ndarray:
+    """The "blink" component (V, 3): at 1 the upper lids lie closed on the lower lids.
+
+    The skin passes behind the eyeballs, so the lids are the skin where it leaves the eyeball,
+    found by the same rule as on any FLAME file (:func:`server.living.eyelids.find_eyelids`):
+    each upper-lid margin vertex moves onto its lower-lid partner. The skin of the upper lid
+    around the margins (outside the eyeball, up to 12 mm above them) follows with the margins'
+    motion, interpolated sideways and fading upward, and stays 1 mm in front of the eyeball;
+    the lower lid stays where it is, as in a human blink."""
+    from ..living.eyelids import find_eyelids
+
+    lids = find_eyelids(flame)
+    v = flame.v_template
+    d = np.zeros_like(v)
+    eyeball = flame.weights[:, 3:5].max(axis=1) > 0.5
+    radius, reach = lids.radius, 0.012
+    for centre in lids.centres:
+        mine = np.abs(v[lids.upper, 0] - centre[0]) <= 1.5 * radius
+        upper, lower = lids.upper[mine], lids.lower[mine]
+        motion = v[lower] - v[upper]
+        offset = v - centre
+        lid = np.flatnonzero(~eyeball & (np.abs(offset[:, 0]) <= 1.2 * radius)
+                             & (offset[:, 1] > 0) & (offset[:, 2] >= -0.5 * radius)
+                             & (np.linalg.norm(offset, axis=1) >= 0.9 * radius))
+        sideways = v[lid, 0][:, None] - v[upper, 0][None, :]  # (N, P)
+        near = np.exp(-0.5 * (sideways / (0.15 * radius)) ** 2)
+        share = near / np.maximum(near.sum(1, keepdims=True), 1e-12)
+        margin_y = share @ v[upper, 1]
+        fade = 1 - _smoothstep(v[lid, 1] - margin_y, 0.0, reach)
+        lateral = near.max(1)
+        moved = (share @ motion) * (fade * lateral)[:, None]
+        closed = v[lid] + moved
+        dx, dy = closed[:, 0] - centre[0], closed[:, 1] - centre[1]
+        front = centre[2] + np.sqrt(np.clip(radius**2 - dx**2 - dy**2, 0, None)) + 0.001
+        inside = np.linalg.norm(closed - centre, axis=1) < radius + 0.001
+        moved[:, 2] += np.where(inside, np.clip(front - closed[:, 2], 0, None), 0.0)
+        d[lid] = moved
+        d[upper] = motion  # the margins exactly onto the lower lid
+    d[np.abs(d) < 1e-5] = 0.0
+    return d
 
 
 def _expression_basis(v: np.ndarray, upper_side: np.ndarray, groups: dict[str, np.ndarray]
