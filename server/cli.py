@@ -54,6 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--end", type=float, help="end of the audio to use, in seconds")
     gen.add_argument("--format", choices=("npz", "json"),
                      help="output format when OUT is a folder (default: npz)")
+    gen.add_argument("--no-extras", action="store_true",
+                     help="leave out the living layers: without it the take also holds eyes "
+                          "(T,2,3: axis-angle of the FLAME left and right eye joints), neck "
+                          "(T,3: axis-angle of the FLAME neck joint) and eyelids (T: closure, "
+                          "0 open to 1 closed), from blink, gaze and head-motion models")
+    gen.add_argument("--seed", type=int,
+                     help="seed of the blink, gaze and head layers (default: from the audio's "
+                          "content, so the same audio gives the same layers)")
     gen.add_argument("-o", "--output", required=True,
                      help="output file (.npz or .json), or a folder for several outputs (a "
                           "name ending in / is a folder); an existing file is replaced only "
@@ -298,7 +306,9 @@ def _generate(args: argparse.Namespace) -> int:
                 print(f"warning: {warning}", file=sys.stderr)
             take = animator.generate(clip, condition)
             check_take_finite(take)
-            _write(out, take, flame)
+            extras = None if args.no_extras else _living_fields(
+                clip, take, loaded.config.emotions, args.seed)
+            _write(out, take, flame, extras)
             if not batch:
                 print(f"wrote {out} ({take.frames} frames at {take.fps} fps, {take.label})")
         except ValueError as exc:
@@ -327,7 +337,18 @@ def _check_distinct_outputs(jobs: list[tuple[Path, Any, Path]]) -> None:
         seen[key] = audio
 
 
-def _write(out: Path, take: Any, flame: Any) -> None:
+def _living_fields(clip: Any, take: Any, emotions: Any, seed: int | None) -> dict[str, Any]:
+    """The ``eyes``, ``neck`` and ``eyelids`` fields of a take (server/living). They are not
+    applied to ``vertices``: those stay the model's expression and jaw, as before."""
+    from .living import emotion_weights, living_layers, seed_from_hash
+
+    seed = seed_from_hash(clip.content_hash()) if seed is None else seed
+    layers = living_layers(clip.samples, take.frames,
+                           emotion_weights(take.condition, list(emotions)), seed)
+    return layers.fields()
+
+
+def _write(out: Path, take: Any, flame: Any, extras: dict[str, Any] | None = None) -> None:
     from .output import write_take
 
     vertices = faces = None
@@ -337,7 +358,7 @@ def _write(out: Path, take: Any, flame: Any) -> None:
         n = min(flame.n_expression, take.expression.shape[1])
         vertices = flame_vertices(flame, take.expression[:, :n], take.jaw)
         faces = flame.faces
-    write_take(out, take, vertices, faces)
+    write_take(out, take, vertices, faces, extras)
 
 
 def _progress_bar(total: int) -> Any:

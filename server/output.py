@@ -36,7 +36,10 @@ class OutputError(ValueError):
 
 
 def take_arrays(take: Take, vertices: np.ndarray | None = None,
-                faces: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                faces: np.ndarray | None = None,
+                extras: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """The arrays of a take file; ``extras`` adds named float fields (the living layers:
+    ``eyes``, ``neck``, ``eyelids``)."""
     arrays = {
         "expression": take.expression.astype(np.float32),
         "jaw": take.jaw.astype(np.float32),
@@ -48,6 +51,8 @@ def take_arrays(take: Take, vertices: np.ndarray | None = None,
         arrays["vertices"] = vertices.astype(np.float32)
     if faces is not None:
         arrays["faces"] = faces.astype(np.int32)
+    for name, values in (extras or {}).items():
+        arrays[name] = np.asarray(values).astype(np.float32)
     return arrays
 
 
@@ -125,7 +130,8 @@ def check_output_folder(folder: Path) -> None:
 
 
 def write_take(path: Path, take: Take, vertices: np.ndarray | None = None,
-               faces: np.ndarray | None = None) -> Path:
+               faces: np.ndarray | None = None,
+               extras: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``take`` to ``path`` (``.json`` → JSON, ``.npz`` → NumPy), after the checks of
     :func:`check_output_file`; the file is complete or absent, never half-written."""
     path = Path(path)
@@ -133,8 +139,11 @@ def write_take(path: Path, take: Take, vertices: np.ndarray | None = None,
     if vertices is not None and not np.all(np.isfinite(vertices)):
         raise OutputError("The FLAME model produced non-finite vertices (NaN or infinity); "
                           "the FLAME file is broken.")
+    if extras and not all(np.all(np.isfinite(v)) for v in extras.values()):
+        raise OutputError("The blink, gaze or head layers hold non-finite values (NaN or "
+                          "infinity); write the take with --no-extras and report this audio.")
     check_output_file(path)
-    arrays = take_arrays(take, vertices, faces)
+    arrays = take_arrays(take, vertices, faces, extras)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
