@@ -181,8 +181,11 @@ class Animator:
         self.stats["decodes"] += 1
         motion = crossfade(parts, features.windows, features.frames)
         n_exp = self.loaded.config.n_expression
+        expression = motion[:, :n_exp]
+        if self.loaded.expression_components is not None:
+            expression[:, self.loaded.expression_components:] = 0.0
         mean_condition = per_frame.mean(axis=0)
-        return Take(expression=motion[:, :n_exp].astype(np.float32),
+        return Take(expression=expression.astype(np.float32),
                     jaw=motion[:, n_exp:n_exp + 3].astype(np.float32),
                     condition=per_frame, label=self.space.describe(mean_condition))
 

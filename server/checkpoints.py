@@ -76,6 +76,10 @@ class ModelSource:
     state: dict[str, np.ndarray] = field(default_factory=dict)
     flame_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    # The expression coefficients the model was trained to drive (a bundle may say so: the
+    # demo model's corpus animates the demo head's first 18 components); later ones are noise
+    # the training never saw, and are written as zero. None: all of them.
+    expression_components: int | None = None
 
     def info(self) -> dict[str, Any]:
         """What the model is, for ``python -m server info`` and the add-on."""
@@ -546,10 +550,18 @@ def read_bundle(folder: Path) -> ModelSource:
         raise ModelFolderError(f"'{folder / 'config.json'}': 'flame' must name a file in the "
                                f"bundle, got {flame!r}.")
     notes = meta.get("notes", [])
+    components = meta.get("expression_components")
+    if components is not None and (not isinstance(components, numbers.Integral)
+                                   or isinstance(components, bool)
+                                   or not 1 <= components <= config.n_expression):
+        raise ModelFolderError(f"'{folder / 'config.json'}': 'expression_components' must be a "
+                               f"whole number from 1 to {config.n_expression}, got "
+                               f"{components!r}.")
     return ModelSource(config=config, state=state, kind="bundle", source=folder,
                        flint_source=str(meta.get("flint", "bundled")),
                        flame_path=(folder / flame) if flame else None,
-                       notes=[str(n) for n in notes] if isinstance(notes, list) else [])
+                       notes=[str(n) for n in notes] if isinstance(notes, list) else [],
+                       expression_components=components)
 
 
 def _write_folder_atomically(folder: Path, files: dict[str, Any]) -> None:

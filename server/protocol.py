@@ -16,10 +16,12 @@ add-on's folder when Blender starts it), not the client's idea of "here".
 
 Requests (client → worker)
   ``ping``      {id}                                → ``pong``
-  ``load``      {id, model, assets?, device?, threads?, window?, overlap?}
+  ``load``      {id, model, assets?, device?, backend?, threads?, window?, overlap?}
                 model: official EMOTE_v2 folder or bundle folder (null or left out: the
                 built-in demo model); device: auto|cpu|cuda|mps;
-                threads: CPU threads, 1 to 4 × the CPU cores (null: torch's default);
+                backend: auto|onnx|torch (auto: ONNX Runtime when installed, torch for a
+                cuda or mps device);
+                threads: CPU threads, 1 to 4 × the CPU cores (null: one per core);
                 window/overlap: long-audio window and overlap in frames (multiples of 8,
                 overlap < window; defaults 1200 and 96), checked before anything loads, so a
                 bad value keeps the model already loaded; loading the same settings again
@@ -42,7 +44,8 @@ Requests (client → worker)
   ``shutdown``  {}                                  → ``bye``, then the worker exits
 
 Replies (worker → client)
-  ``ready``     {version, pid, torch, cuda, mps}    sent once at start, before any request
+  ``ready``     {version, pid, backends}            sent once at start, before any request;
+                backends: {"onnx": ONNX Runtime's version or null, "torch": torch's or null}
   ``pong``      {id}
   ``loaded``    {id, info, device}
   ``progress``  {id, stage, fraction}               stage: "audio" | "motion"; fraction 0..1
@@ -82,6 +85,7 @@ CANCELLED, ERROR, BYE = "cancelled", "error", "bye"
 REPLIES = (READY, PONG, LOADED, PROGRESS, RESULT, CANCELLED, ERROR, BYE)
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
+BACKENDS = ("auto", "onnx", "torch")  # where the networks run (server/backends)
 WINDOW_DEFAULTS = {"window": 1200, "overlap": 96}  # frames, as documented above
 WINDOW_GRID = 8  # frames per FLINT latent: windows start and end on this grid
 MAX_THREADS_PER_CPU = 4
@@ -188,6 +192,10 @@ def validate_request(message: dict[str, Any]) -> None:
         if device is not None and device not in DEVICES:
             raise ProtocolError(f"'device' must be one of {', '.join(DEVICES)}; got "
                                 f"{_shown(device)}.")
+        backend = message.get("backend")
+        if backend is not None and backend not in BACKENDS:
+            raise ProtocolError(f"'backend' must be one of {', '.join(BACKENDS)}; got "
+                                f"{_shown(backend)}.")
         if message.get("threads") is not None:
             check_threads(message["threads"], "'threads'")
         _check_windowing(message)

@@ -131,3 +131,25 @@ def test_a_good_bundle_still_loads_with_every_weight(tiny_bundle):
     source = read_model(tiny_bundle)
     assert source.kind == "bundle" and len(source.state) > 50
     assert all(np.isfinite(v).all() for v in source.state.values())
+
+
+def test_a_bundle_names_the_expression_components_it_was_trained_to_drive(tmp_path,
+                                                                          tiny_bundle):
+    """The demo model's corpus animates the demo head's first 18 components; the others (the
+    head's "blink" among them, a living-face layer) are written as zero, not as the untrained
+    network's noise."""
+    from server.animator import Animator
+    from server.audio import clip_from_samples
+    from tests.builders import speech_like
+
+    demo = read_model(None)
+    assert demo.expression_components == 18
+    take = Animator(demo, backend="onnx").generate(clip_from_samples(speech_like(3.0)),
+                                                   {"emotion": "Happy"})
+    assert np.abs(take.expression[:, :18]).max() > 0.1
+    assert not take.expression[:, 18:].any()
+    for bad in (0, 101, "18", True):
+        folder = _bundle(tmp_path / str(bad), tiny_bundle,
+                         edit_config=lambda m, bad=bad: {**m, "expression_components": bad})
+        with pytest.raises(ModelFolderError, match="expression_components"):
+            read_model(folder)

@@ -22,6 +22,7 @@ import numpy as np
 import yaml
 
 from ..builtin import DEMO_MODEL_DIR
+from .head import EXPRESSIONS
 from .voices import FESTIVAL_OTHER_LANGUAGE_VOICES
 
 MODEL_DIR = DEMO_MODEL_DIR
@@ -201,6 +202,9 @@ def install_bundle(bundle: Path) -> Path:
     shutil.copytree(bundle, staging)
     config = json.loads((staging / "config.json").read_text())
     config["flint"] = "FLINT trained by the demo recipe (python -m server demo retrain)"
+    # The corpus animates the demo head's components before "blink" (a living-face layer's);
+    # what the network puts in the others never met a gradient.
+    config["expression_components"] = EXPRESSIONS.index("blink")
     (staging / "config.json").write_text(json.dumps(config, indent=2) + "\n")
     shutil.rmtree(MODEL_DIR, ignore_errors=True)
     staging.rename(MODEL_DIR)

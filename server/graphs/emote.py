@@ -1,13 +1,11 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """EMOTE's graphs, written from its config: the maths of ``server/models`` as ONNX operators.
 
-Four graphs, all for one clip (batch 1) of any length T:
+Three graphs, all for one clip (batch 1) of any length T:
 
-``cnn_statistics``  waveform piece (1, S) → mean and sum of squared deviations (C,) of the first
-                    convolution's output, per channel: its GroupNorm needs statistics over the
-                    whole window, which is encoded piece by piece to bound memory;
-``cnn``             waveform piece (1, S) [+ that GroupNorm's per-channel scale and shift] →
-                    CNN features (1, C, L) at 50 fps;
+``cnn``             waveform piece (1, S) [+ the first layer's GroupNorm as a per-channel scale
+                    and shift, from statistics of the whole window] → CNN features (1, C, L) at
+                    50 fps;
 ``audio_encoder``   CNN features (1, C, L) + the interpolation to T frames → (T, 128) condition-
                     free features (feature projection, positional convolution, the transformer,
                     the audio projection);
@@ -153,20 +151,6 @@ def _layer_normed_conv(g: GraphBuilder, x: str, arch: Wav2Vec2Architecture, i: i
     x = g.op("Transpose", x, perm=[0, 2, 1])
     x = layer_norm(g, x, prefix, arch.conv_dim[i], CONV_NORM_EPS)
     return g.op("Transpose", x, perm=[0, 2, 1])
-
-
-def cnn_statistics_graph(arch: Wav2Vec2Architecture) -> Graph:
-    """Per-channel mean and sum of squared deviations of the first convolution over a piece of
-    waveform; the pieces are merged in float64 by the caller (Chan et al.)."""
-    g = GraphBuilder("emote_cnn_statistics")
-    wave = g.input("waveform", np.float32, [1, "samples"])
-    x = _conv_layer(g, g.op("Unsqueeze", wave, g.ints(1)), arch, 0, 1)  # (1, C, L)
-    mean = g.op("ReduceMean", x, axes=[0, 2], keepdims=1)  # (1, C, 1)
-    deviation = g.op("Sub", x, mean)
-    m2 = g.op("ReduceSum", g.op("Mul", deviation, deviation), g.ints(0, 2), keepdims=0)
-    g.output(g.op("Reshape", mean, g.ints(-1)), "mean", [arch.conv_dim[0]])
-    g.output(m2, "m2", [arch.conv_dim[0]])
-    return g.build()
 
 
 def cnn_graph(arch: Wav2Vec2Architecture) -> Graph:
@@ -348,8 +332,6 @@ def emote_graphs(config: EmoteConfig) -> dict[str, Graph]:
     arch = config.audio
     graphs = {"cnn": cnn_graph(arch), "audio_encoder": audio_encoder_graph(config),
               "decoder": decoder_graph(config)}
-    if arch.feat_extract_norm == "group":
-        graphs["cnn_statistics"] = cnn_statistics_graph(arch)
     return graphs
 
 
