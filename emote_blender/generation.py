@@ -252,7 +252,9 @@ def start_generation(context: Any) -> Generation:
     """Check every input, then queue the requests (the worker starts in the background); the
     scene is not touched until the result, except for the job's token on the head and strip."""
     global _pending
-    if _pending is not None and not _pending.job.done:
+    if _pending is not None and _pending.job.done:
+        poll_generation()  # a finished job that no timer has applied yet goes first
+    if _pending is not None:
         raise ValueError("A generation is already running; cancel it first.")
     scene = context.scene
     settings = scene.emote
@@ -300,9 +302,8 @@ def _end(job: Generation) -> None:
         worker.forget(job.job)
         if job.load_job is not None:
             worker.forget(job.load_job)
-    head = tagged_head(job)
-    if head is not None:
-        _untag(head, job.token)
+    for obj in bpy.data.objects:  # the head, and any copy of it made during the job
+        _untag(obj, job.token)
     _, strip = tagged_strip(job)
     if strip is not None:
         _untag(strip, job.token)

@@ -500,3 +500,20 @@ def test_changing_the_worker_python_does_not_wait_for_the_old_worker(clean, addo
     assert new is not old and time.monotonic() - started < 0.2
     assert process.wait(timeout=10) is not None  # the old worker still went
     assert new.wait_ready()["backends"]["onnx"] == "1.23.2"
+
+
+def test_the_default_worker_is_blenders_own_python(clean, addon, fixtures, tmp_path,
+                                                   worker_python, monkeypatch, capfd):
+    """Worker Python empty: Blender's Python runs the extension's server with the wheels Blender
+    installed for it, and a take comes back."""
+    monkeypatch.delenv("EMOTE_WORKER_PYTHON", raising=False)
+    worker_python("")
+    scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
+    capfd.readouterr()
+    assert bpy.ops.emote.check_worker() == {"FINISHED"}
+    assert "ONNX Runtime" in capfd.readouterr().out
+    client = addon.generation.client()
+    assert Path(os.readlink(f"/proc/{client.process.pid}/exe")).resolve() == \
+        Path(sys.executable).resolve()
+    assert generate() == {"FINISHED"}
+    assert len(mesh.emote_takes) == 1
