@@ -65,10 +65,23 @@ def frame_count(samples: int) -> int:
     return samples // SAMPLES_PER_FRAME
 
 
+NORMALISE_BLOCK = 1 << 20  # samples per block: float64 work without a float64 copy of an hour
+
+
 def normalise(samples: np.ndarray) -> np.ndarray:
-    """wav2vec2's processor: zero mean, unit variance over the whole clip (eps 1e-7)."""
-    samples = samples.astype(np.float64)
-    return ((samples - samples.mean()) / np.sqrt(samples.var() + 1e-7)).astype(np.float32)
+    """wav2vec2's processor: zero mean, unit variance over the whole clip (eps 1e-7), computed in
+    float64 a block at a time (a whole-clip float64 copy of 10 minutes is 77 MB, twice)."""
+    samples = np.asarray(samples)
+    blocks = range(0, len(samples), NORMALISE_BLOCK)
+    mean = float(samples.mean(dtype=np.float64)) if len(samples) else 0.0
+    squares = sum(float(np.square(samples[a:a + NORMALISE_BLOCK] - mean,
+                                  dtype=np.float64).sum()) for a in blocks)
+    std = np.sqrt(squares / max(len(samples), 1) + 1e-7)
+    out = np.empty(len(samples), np.float32)
+    for a in blocks:
+        block = samples[a:a + NORMALISE_BLOCK].astype(np.float64)
+        out[a:a + NORMALISE_BLOCK] = (block - mean) / std
+    return out
 
 
 @dataclass
