@@ -22,7 +22,7 @@ import json
 import numbers
 import os
 import re
-import tempfile
+import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -566,16 +566,25 @@ def read_bundle(folder: Path) -> ModelSource:
 
 def _write_folder_atomically(folder: Path, files: dict[str, Any]) -> None:
     """Write ``files`` (name → bytes or a callable that writes a path) into ``folder``; a crash
-    leaves either the old folder contents or the new ones."""
+    leaves either the old folder contents or the new ones. Only regular files are replaced
+    (never a link, a folder or a device), and the files get the mode the umask gives."""
     folder.mkdir(parents=True, exist_ok=True)
+    for name in files:
+        target = folder / name
+        if os.path.lexists(target) and (target.is_symlink() or not target.is_file()):
+            raise ModelFolderError(f"'{target}' is in the way: it is not a file a bundle wrote "
+                                   "(a link, a folder or a device), so it is not replaced.")
     for name, content in files.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=folder)
-        os.close(fd)
+        tmp = str(folder / f".{name}.{secrets.token_hex(4)}.tmp")
+        # os.open with 0o666: the umask decides the mode, as for any file the user creates.
+        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        mode = os.stat(tmp).st_mode & 0o777
         try:
             if callable(content):
-                content(tmp)
+                content(tmp)  # safetensors writes a file of its own: give it that mode again
             else:
                 Path(tmp).write_bytes(content)
+            os.chmod(tmp, mode)
             os.replace(tmp, folder / name)
         finally:
             if os.path.exists(tmp):

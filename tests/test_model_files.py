@@ -153,3 +153,30 @@ def test_a_bundle_names_the_expression_components_it_was_trained_to_drive(tmp_pa
                          edit_config=lambda m, bad=bad: {**m, "expression_components": bad})
         with pytest.raises(ModelFolderError, match="expression_components"):
             read_model(folder)
+
+
+def test_a_written_bundle_gets_the_umask_mode_and_never_replaces_a_link(tmp_path):
+    """Finding E7 for bundles: files came out 0600 whatever the umask, over any path."""
+    import os
+    import stat
+
+    from server.checkpoints import save_bundle
+    from tests.builders import random_model
+
+    model = random_model()
+    old = os.umask(0o022)
+    try:
+        folder = save_bundle(tmp_path / "bundle", model)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert stat.S_IMODE((folder / name).stat().st_mode) == 0o644
+    assert read_model(folder).kind == "bundle"
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    (linked / "model.safetensors").symlink_to(victim)
+    with pytest.raises(ModelFolderError, match="in the way"):
+        save_bundle(linked, model)
+    assert victim.read_text() == "keep me" and not (linked / "config.json").exists()
