@@ -86,20 +86,8 @@ class EmoteSettings(bpy.types.PropertyGroup):
         ("NLA", "NLA Strips", "Push the take to NLA strips at the audio strip's position"),
         ("ACTION", "Into Current Action",
          "Write the take's keys into the current actions over its frame range")], default="NLA")
-
-    # The job's state is not scene data (ID properties are saved even with SKIP_SAVE): these
-    # read it from the generation module, for scripts.
-    @property
-    def running(self) -> bool:
-        return generation.STATE.running
-
-    @property
-    def progress(self) -> float:
-        return generation.STATE.progress
-
-    @property
-    def status(self) -> str:
-        return generation.STATE.status
+    # A job's running state, progress and status are not scene data (ID properties are saved
+    # even with SKIP_SAVE): they live in generation.STATE.
 
 
 CLASSES = (EmoteTake, EmoteSettings)

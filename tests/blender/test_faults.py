@@ -115,7 +115,7 @@ def test_rig_without_jaw_bone_still_gets_expression(clean, addon, fixtures, tmp_
     assert bpy.ops.emote.generate(wait=True) == {"FINISHED"}
     take = mesh.emote_takes[0]
     assert take.shape_action is not None and take.armature_action is None
-    assert "No jaw bone found" in scene.emote.status
+    assert "No jaw bone found" in addon.generation.STATE.status
 
 
 def test_worker_python_without_torch(clean, addon, fixtures, tmp_path):
@@ -160,7 +160,7 @@ def test_cancel_stops_within_a_second_and_changes_nothing(clean, addon, fixtures
         time.sleep(0.005)
     assert time.monotonic() - sent < 1.0
     assert result == ("INFO", "Generation cancelled; nothing was changed.")
-    assert scene_state(mesh) == before and not scene.emote.running
+    assert scene_state(mesh) == before and not addon.generation.STATE.running
 
 
 def test_killed_worker_is_reported_and_restarted(clean, addon, fixtures, tmp_path):

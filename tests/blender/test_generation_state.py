@@ -312,7 +312,7 @@ def test_a_file_saved_during_a_job_reopens_with_a_normal_panel(clean, addon, fix
     bpy.ops.wm.open_mainfile(filepath=str(shot))
     operators = panel_operators(addon)
     assert "emote.generate" in operators and "emote.cancel" not in operators
-    assert not bpy.context.scene.emote.running
+    assert not addon.generation.STATE.running
     assert "running" not in bpy.context.scene.emote.keys()  # nothing of the job was saved
     assert bpy.ops.emote.cancel() == {"CANCELLED"}  # "Nothing is running."
     addon.generation.start_generation(bpy.context)  # not stuck: a new job starts here
@@ -350,7 +350,7 @@ def test_a_job_is_never_applied_to_another_files_head(clean, addon, fixtures, tm
     addon.generation.poll_generation()
     assert len(head.emote_takes) == 0 and not len(bpy.data.actions)
     assert "emote_job" not in head.keys()
-    assert "cancelled: another file was opened" in bpy.context.scene.emote.status
+    assert "cancelled: another file was opened" in addon.generation.STATE.status
 
 
 def test_a_renamed_head_gets_its_take(clean, addon, fixtures, tmp_path):
@@ -416,7 +416,7 @@ def test_one_smplx_named_key_does_not_switch_the_convention(clean, addon, fixtur
     key = mesh.data.shape_keys
     curves = {c.data_path for c in addon.compat.fcurves(mesh.emote_takes[0].shape_action, key)}
     assert 'key_blocks["Exp100"].value' in curves and 'key_blocks["Exp000"].value' not in curves
-    assert "Exp000" in scene.emote.status
+    assert "Exp000" in addon.generation.STATE.status
 
 
 def test_a_missing_key_leaves_the_others_at_their_coefficients(clean, addon, fixtures,
@@ -427,7 +427,7 @@ def test_a_missing_key_leaves_the_others_at_their_coefficients(clean, addon, fix
     assert rig.expression_keys[4] is None and rig.expression_keys[5] == "Exp6"
     assert len(rig.expression_keys) == 100
     assert generate() == {"FINISHED"}
-    assert "Exp5" in scene.emote.status
+    assert "Exp5" in addon.generation.STATE.status
     take = mesh.emote_takes[0]
     key = mesh.data.shape_keys
     curves = {c.data_path for c in addon.compat.fcurves(take.shape_action, key)}

@@ -23,7 +23,7 @@ def test_library_override_takes_keys_and_keeps_them(clean, addon, fixtures, tmp_
     rest = evaluated_vertices(head, start + 20)
 
     assert generate(emotion="1") == {"FINISHED"}
-    assert "library override" in scene.emote.status
+    assert "library override" in addon.generation.STATE.status
     # Only this head's mesh became an override; the library's mesh is untouched.
     assert head.data.override_library is not None
     assert head.data.override_library.reference == linked_mesh
