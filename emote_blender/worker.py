@@ -15,6 +15,7 @@ CUDA). It gets a process group of its own, so stopping it stops anything it star
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
 import json
 import os
@@ -118,11 +119,15 @@ def _kill_group(process: subprocess.Popen) -> None:
         pass  # the group is gone already
 
 
-def _shut_down(process: subprocess.Popen, outbox: queue.Queue | None, timeout: float) -> None:
-    """Ask the worker to quit through its request queue (when given), then kill its group."""
+def _shut_down(process: subprocess.Popen, outbox: queue.Queue | None, polite: bool,
+               timeout: float) -> None:
+    """Ask the worker to quit (``polite``: through its request queue), then kill its group; the
+    writer thread ends either way."""
     if outbox is not None:
-        outbox.put(protocol.encode({"type": protocol.SHUTDOWN}))
+        if polite:
+            outbox.put(protocol.encode({"type": protocol.SHUTDOWN}))
         outbox.put(None)  # closes its stdin: the worker exits even if it missed the request
+    if polite:
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -280,7 +285,11 @@ class WorkerClient:
                 process.stdin.write(line)
                 process.stdin.flush()
             except (OSError, ValueError):
-                return  # the exit event reports the crash
+                # The worker is gone (the exit event reports it); what is left unwritten must
+                # not be flushed into a dead pipe later.
+                with contextlib.suppress(OSError, ValueError):
+                    process.stdin.close()
+                return
 
     def log_tail(self, lines: int = 10) -> str:
         return "\n".join(list(self._stderr)[-lines:])
@@ -296,11 +305,11 @@ class WorkerClient:
         self.ready = None
         self.loaded_key = None
         if process is not None:
-            polite = outbox if process.poll() is None and was_ready else None
+            polite = process.poll() is None and was_ready
             if wait:
-                _shut_down(process, polite, timeout)
+                _shut_down(process, outbox, polite, timeout)
             else:
-                threading.Thread(target=_shut_down, args=(process, polite, timeout),
+                threading.Thread(target=_shut_down, args=(process, outbox, polite, timeout),
                                  daemon=True, name="emote-worker-stop").start()
         for job in self.jobs.values():
             if not job.done:
@@ -371,11 +380,13 @@ class WorkerClient:
         if kind == "_exit":
             started = self.ready is not None
             code = event["code"]
-            process = self.process
+            process, outbox = self.process, self._outbox
             self.process = None
             self._outbox = None
             self.ready = None
             self.loaded_key = None
+            if outbox is not None:
+                outbox.put(None)  # the writer thread ends too
             if process is not None:
                 _kill_group(process)  # anything it left behind
             if started:

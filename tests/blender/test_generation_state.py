@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import threading
 import time
 import wave
 from pathlib import Path
@@ -74,6 +75,10 @@ def processes_running(marker: str) -> list[int]:
             if marker in cmdline:
                 found.append(int(entry.name))
     return found
+
+
+def worker_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("emote-worker")]
 
 
 @pytest.fixture
@@ -241,6 +246,10 @@ def test_a_worker_that_never_answers_fails_without_blocking_or_orphans(
     time.sleep(0.2)
     assert not processes_running(child)  # the whole process group went
     assert not list(temp_folder.iterdir())  # the packed sound's copy is gone
+    deadline = time.monotonic() + 10  # and no reader or writer thread is left waiting
+    while worker_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not worker_threads()
     assert scene_state(mesh) == before and "emote.generate" in panel_operators(addon)
 
 
