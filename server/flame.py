@@ -327,14 +327,8 @@ def flame_vertices(data: FlameData, expression: np.ndarray, jaw: np.ndarray,
     in EMOTE. Shape blend shapes, joints from the shaped mesh, pose correctives from
     ``R − I`` of joints 1–4, and linear blend skinning over the joint tree (smplx's ``lbs``
     maths, which :class:`FlameModel` runs and the tests compare against)."""
-    expression = np.asarray(expression, np.float64)
-    jaw = np.asarray(jaw, np.float64)
+    expression, jaw, betas = _forward_inputs(data, expression, jaw, shape)
     frames, n_exp = expression.shape
-    if n_exp > data.n_expression:
-        raise ValueError(f"The FLAME file has {data.n_expression} expression components; got "
-                         f"{n_exp}.")
-    betas = np.zeros(SHAPE_SPACE_DIM) if shape is None else np.pad(
-        np.asarray(shape, np.float64), (0, SHAPE_SPACE_DIM - len(shape)))
     rest = data.v_template + data.shapedirs[..., :SHAPE_SPACE_DIM] @ betas  # (V, 3)
     expression_dirs = data.shapedirs[..., SHAPE_SPACE_DIM:SHAPE_SPACE_DIM + n_exp]
     parents = data.parents
@@ -364,6 +358,18 @@ def flame_vertices(data: FlameData, expression: np.ndarray, jaw: np.ndarray,
         blend = np.einsum("vj,tjab->tvab", data.weights, world[:, :, :3, :])  # (n, V, 3, 4)
         out[start:stop] = np.einsum("tvab,tvb->tva", blend[..., :3], posed) + blend[..., 3]
     return out
+
+
+def _forward_inputs(data: FlameData, expression: np.ndarray, jaw: np.ndarray,
+                    shape: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Expression (T, E ≤ the file's), jaw (T, 3) and identity shape (300,) in float64."""
+    expression = np.asarray(expression, np.float64)
+    if expression.shape[1] > data.n_expression:
+        raise ValueError(f"The FLAME file has {data.n_expression} expression components; got "
+                         f"{expression.shape[1]}.")
+    betas = np.zeros(SHAPE_SPACE_DIM) if shape is None else np.pad(
+        np.asarray(shape, np.float64), (0, SHAPE_SPACE_DIM - len(shape)))
+    return expression, np.asarray(jaw, np.float64), betas
 
 
 def _rodrigues_like_smplx(axis_angle: np.ndarray) -> np.ndarray:
@@ -428,16 +434,10 @@ class FlameModel:
         """
         import torch
 
-        expression = np.asarray(expression, np.float64)
-        jaw = np.asarray(jaw, np.float64)
+        expression, jaw, betas = _forward_inputs(self.data, expression, jaw, shape)
         frames, n_exp = expression.shape
-        if n_exp > self.n_expression:
-            raise ValueError(f"The FLAME file has {self.n_expression} expression components; "
-                             f"got {n_exp}.")
         if n_exp < self.n_expression:
             expression = np.pad(expression, ((0, 0), (0, self.n_expression - n_exp)))
-        betas = np.zeros(SHAPE_SPACE_DIM) if shape is None else np.pad(
-            np.asarray(shape, np.float64), (0, SHAPE_SPACE_DIM - len(shape)))
         out = []
         with torch.no_grad():
             for start in range(0, frames, batch):
