@@ -90,17 +90,21 @@ def decode_reply(line: str) -> dict[str, Any]:
 
 
 def describe_backends(ready: Mapping[str, Any]) -> str:
-    """"ONNX Runtime 1.23.2 (CPU)" or "torch 2.13.0, CUDA yes", from a ``ready`` message
-    (workers that predate ``backends`` report ``torch`` alone)."""
+    """"ONNX Runtime 1.23.2 (CPU)" or "torch 2.13.0", from a ``ready`` message (workers that
+    predate ``backends`` report ``torch``, ``cuda`` and ``mps``: "torch 2.13.0, CUDA yes")."""
     backends = ready.get("backends")
     if not isinstance(backends, Mapping):
         backends = {"torch": ready.get("torch")}
     parts = []
     if backends.get("torch"):
-        gpu = f"CUDA {'yes' if ready.get('cuda') else 'no'}"
-        if ready.get("mps"):
-            gpu += ", MPS yes"
-        parts.append(f"torch {backends['torch']}, {gpu}")
+        # A worker names its GPUs only when it reports them (the current one does not import
+        # torch before it is asked to load a model, so it cannot know).
+        gpu = ""
+        if "cuda" in ready:
+            gpu = f", CUDA {'yes' if ready.get('cuda') else 'no'}"
+            if ready.get("mps"):
+                gpu += ", MPS yes"
+        parts.append(f"torch {backends['torch']}{gpu}")
     if backends.get("onnx"):
         parts.append(f"ONNX Runtime {backends['onnx']} (CPU)")
     return "; ".join(parts) or "The worker runs, but reports no inference backend."

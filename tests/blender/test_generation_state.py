@@ -217,6 +217,9 @@ def test_check_reports_the_workers_backends(clean, addon, worker_python, tmp_pat
     assert describe({"backends": {"onnx": None, "torch": "2.13.0"}, "cuda": True}) == \
         "torch 2.13.0, CUDA yes"
     assert describe({"torch": "2.13.0", "cuda": False}) == "torch 2.13.0, CUDA no"
+    # Today's worker lists its backends without importing torch, so it says nothing of CUDA.
+    assert describe({"backends": {"onnx": "1.23.2", "torch": "2.13.0"}}) == \
+        "torch 2.13.0; ONNX Runtime 1.23.2 (CPU)"
     worker_python(fake_worker(tmp_path))
     capfd.readouterr()
     assert bpy.ops.emote.check_worker() == {"FINISHED"}
