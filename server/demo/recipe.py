@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from ..builtin import DEMO_MODEL_DIR
-from .head import EXPRESSIONS
+from .head import EXPRESSIONS, build_demo_head, write_demo_head
 from .voices import FESTIVAL_OTHER_LANGUAGE_VOICES
 
 MODEL_DIR = DEMO_MODEL_DIR
@@ -115,7 +115,6 @@ def retrain(work: Path, quick: bool = False, install: bool = True) -> dict[str, 
     """Run the whole recipe in ``work``; returns the metrics. ``install`` copies the bundle and
     its metrics into :data:`MODEL_DIR`."""
     from .corpus import build_corpus, plan
-    from .head import write_demo_head
 
     settings = recipe(quick)
     work = Path(work).resolve()
@@ -237,7 +236,6 @@ def evaluate(bundle: Path, corpus: Path, head_file: Path, flint_bundle: Path | N
     from ..checkpoints import load_flint_bundle, load_model
     from ..flame import FlameModel, load_flame_file
     from ..train.data import read_index
-    from .head import build_demo_head
 
     head = build_demo_head()
     flame = FlameModel(load_flame_file(head_file))
