@@ -439,9 +439,15 @@ def apply_result(job: Generation, reply: dict[str, Any]) -> str:
         shape_action["emote_cached"] = int(bool(reply.get("cached")))
         shape_action["emote_flame_frame"] = np.asarray(frame_info[0]).ravel().tolist() + [
             frame_info[1]]
+        if isinstance(reply.get("living"), dict):
+            shape_action["emote_living"] = json.dumps(reply["living"])
+        living = motion.LivingControls()  # a new take's controls are the defaults
+        layers, geometry, living_notes = take_living(target, living, shape_action,
+                                                     len(expression))
         channels = keys.take_channels(target, expression, jaw, placement, motion.Controls(),
-                                      frame_info[:2])
+                                      frame_info[:2], layers, geometry, living.lip_closure)
         notes = keys.write_channels(target, channels, shape_action, armature_action)
+        notes += living_notes
         take = mesh.emote_takes.add()
         take.name = f"{label} #{len(mesh.emote_takes)}"
         take.label = label
@@ -501,8 +507,145 @@ def reapply_take_controls(mesh: Any, take: Any) -> None:
         flame_frame_for(target)[:2]
     controls = motion.Controls(offset=take.offset, mouth=take.mouth, upper=take.upper,
                                smoothing=take.smoothing)
-    channels = keys.take_channels(target, expression, jaw, placement, controls, frame)
+    living = living_controls(take, target, frame) if take.living else None
+    layers, geometry, _ = take_living(target, living, take.shape_action, len(expression))
+    channels = keys.take_channels(target, expression, jaw, placement, controls, frame, layers,
+                                  geometry, take.lip_closure)
     keys.write_channels(target, channels, take.shape_action, take.armature_action)
+
+
+# -- the living layers ---------------------------------------------------------------------------
+
+_geometry_cache: dict[tuple, keys.HeadGeometry] = {}
+
+
+def head_geometry(target: rig.Rig) -> tuple[keys.HeadGeometry, list[str]]:
+    """The head's eyelid direction (and lip-closure operator): stored on heads made here, else
+    from the FLAME file in the preferences when it matches the mesh; notes say what is
+    missing."""
+    mesh = target.mesh
+    direction = mesh.get("emote_eyelid_direction")
+    lips = mesh.get("emote_lip_closure")
+    geometry = keys.HeadGeometry(
+        eyelid_direction=np.asarray(direction, np.float64) if direction else None,
+        lip_closure=_lip_closure_from(lips) if lips else None)
+    notes: list[str] = []
+    if direction is not None:  # a head made here: what its FLAME file gave is all there is
+        if not direction:
+            notes.append("This head's FLAME file has no eyelids that close: no blinks.")
+        return geometry, notes
+    if geometry.eyelid_direction is None or (geometry.lip_closure is None
+                                             and _closure_available()):
+        from_file, problem = _geometry_from_flame_file(target)
+        if from_file is not None:
+            geometry.eyelid_direction = geometry.eyelid_direction if \
+                geometry.eyelid_direction is not None else from_file.eyelid_direction
+            geometry.lip_closure = geometry.lip_closure or from_file.lip_closure
+        elif problem:
+            notes.append(problem)
+    return geometry, notes
+
+
+def _closure_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(f"{__package__}.server.living.closure") is not None
+
+
+def _lip_closure_from(values: Any) -> Any | None:
+    if not _closure_available():
+        return None
+    from .server.living.closure import LipClosure
+
+    try:
+        return LipClosure.from_list(list(values))
+    except ValueError:
+        return None
+
+
+def _geometry_from_flame_file(target: rig.Rig) -> tuple[keys.HeadGeometry | None, str]:
+    path = preferences(bpy.context).flame_path
+    if not path:
+        return None, ("No blinks or lip closure on this head: it was not made by 'Create FLAME "
+                      "Head', so set the FLAME file in the add-on preferences.")
+    path = bpy.path.abspath(path)
+    try:
+        stamp = os.stat(path).st_mtime_ns
+    except OSError:
+        return None, f"The FLAME file '{path}' cannot be read, so this head has no blinks."
+    key = (path, stamp)
+    if key not in _geometry_cache:
+        from .server.living.eyelids import eyelid_direction
+
+        try:
+            flame = flame_file(bpy.context)
+        except ValueError as exc:
+            return None, str(exc)
+        if flame.n_vertices != len(target.mesh.data.vertices):
+            return None, (f"The FLAME file has {flame.n_vertices} vertices and "
+                          f"'{target.mesh.name}' has {len(target.mesh.data.vertices)}: no "
+                          "blinks or lip closure on this head.")
+        geometry = keys.HeadGeometry()
+        try:
+            geometry.eyelid_direction = np.asarray(eyelid_direction(flame).expression)
+        except ValueError:
+            pass
+        if _closure_available():
+            from .server.living.closure import lip_closure
+
+            try:
+                geometry.lip_closure = lip_closure(flame)
+            except ValueError:
+                pass
+        _geometry_cache.clear()
+        _geometry_cache[key] = geometry
+    return _geometry_cache[key], ""
+
+
+def living_controls(take: Any, target: rig.Rig, frame: tuple[np.ndarray, float]
+                    ) -> motion.LivingControls:
+    """The take's living-layer controls, with its look-at object as a direction in FLAME's
+    frame (from the eyes, at the object's current position)."""
+    direction = None
+    look_at = take.look_at
+    if look_at is not None and target.armature is not None:
+        c, scale = frame
+        to_armature = np.array(target.armature.matrix_world.inverted())
+        point = to_armature[:3, :3] @ np.array(look_at.matrix_world.translation) + \
+            to_armature[:3, 3]
+        eyes = [target.bone(j) for j in ("left_eye", "right_eye") if target.bone(j)]
+        if eyes:
+            bones = target.armature.data.bones
+            centre = np.mean([np.array(bones[name].head_local) for name in eyes], axis=0)
+            direction = (c.T @ (point - centre)) / max(scale, 1e-12)
+            if np.linalg.norm(direction) < 1e-9:
+                direction = None
+    return motion.LivingControls(blinks=take.blinks, blink_rate=take.blink_rate,
+                                 eyes=take.eye_motion, head=take.head_motion,
+                                 lip_closure=take.lip_closure, seed=take.variation,
+                                 target=direction)
+
+
+def take_living(target: rig.Rig, controls: motion.LivingControls | None, shape_action: Any,
+                frames: int
+                ) -> tuple[motion.LivingLayers | None, keys.HeadGeometry | None, list[str]]:
+    """The take's living layers with ``controls`` (None for a take without living-face data,
+    or with the layers turned off: ``controls`` None), the head's geometry for them, and
+    notes."""
+    stored = shape_action.get("emote_living")
+    if not stored or controls is None:
+        return None, None, []
+    try:
+        data = json.loads(stored)
+        layers = motion.living_layers(data, controls, frames)
+    except (ValueError, TypeError) as exc:
+        return None, None, [f"The take's living-face layers were left out: {exc}"]
+    geometry, notes = head_geometry(target)
+    missing = [j for j in ("neck", "left_eye", "right_eye") if not target.bone(j)]
+    if missing and target.armature is not None:
+        notes.append(f"The armature has no {', '.join(missing)} bone: "
+                     "that part of the living face is not keyed.")
+    return layers, geometry, notes
 
 
 @contextlib.contextmanager

@@ -15,8 +15,8 @@ import bpy
 import numpy as np
 
 from . import compat, motion
-from .rig import Rig, jaw_joint_basis, lower_face_share
-from .server.flame import axis_angle_to_matrix, jaw_corrective_weights
+from .rig import JOINTS, Rig, joint_basis, lower_face_share
+from .server.flame import axis_angle_to_matrix, corrective_weights
 
 INTERPOLATION_LINEAR = 1  # enum index of 'LINEAR' in Keyframe.interpolation
 SLIDER_LIMIT = 10.0  # Blender's widest shape-key slider range
@@ -44,49 +44,106 @@ class Placement:
 
 
 @dataclass
+class BoneChannel:
+    """One bone's keys: its rotation in its own rotation mode, and its pivot offset."""
+
+    bone: str
+    rotation: np.ndarray  # (N, k) in the bone's rotation channel
+    rotation_path: str
+    location: np.ndarray | None  # (N, 3) in bone space
+
+
+@dataclass
 class Channels:
     """Per-scene-frame values ready to be keyed."""
 
     frames: np.ndarray  # (N,) scene frames
     expression: np.ndarray  # (N, E)
-    correctives: np.ndarray  # (N, 9)
-    jaw_rotation: np.ndarray | None  # (N, k) in the bone's rotation channel
-    jaw_location: np.ndarray | None  # (N, 3) in bone space
-    rotation_path: str
+    correctives: np.ndarray  # (N, 36): the pose features of the neck, jaw and eyes
+    bones: list[BoneChannel]
+    keyed_joints: tuple[str, ...]  # the joints whose bones (and correctives) are keyed
+
+    def bone(self, joint_bone: str) -> BoneChannel | None:
+        return next((b for b in self.bones if b.bone == joint_bone), None)
+
+
+@dataclass
+class HeadGeometry:
+    """What the living layers need of a head's FLAME geometry (None where it is not known)."""
+
+    eyelid_direction: np.ndarray | None = None  # (E,) expression that closes the lids
+    lip_closure: Any | None = None  # server.living.closure.LipClosure
 
 
 def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: Placement,
-                  controls: motion.Controls, flame_frame: tuple[np.ndarray, float]) -> Channels:
-    """Everything to key, at every scene frame the strip plays (shifted by the offset)."""
+                  controls: motion.Controls, flame_frame: tuple[np.ndarray, float],
+                  living: motion.LivingLayers | None = None,
+                  geometry: HeadGeometry | None = None, lip_closure: float = 1.0) -> Channels:
+    """Everything to key, at every scene frame the strip plays (shifted by the offset). With
+    ``living``, the take's living layers join in: lips shut at the closures, eyelids through
+    the head's eyelid direction, and the neck and eye bones."""
     # Coefficients beyond the rig's keys count as lower face (np.resize would repeat them).
     share = np.ones(expression.shape[1])
     measured = lower_face_share(rig)[:len(share)]
     share[:len(measured)] = measured
     expression, jaw = motion.apply_controls(expression, jaw, controls, share)
+    geometry = geometry or HeadGeometry()
+    if living is not None:
+        expression, jaw = _living_face(expression, jaw, living, geometry, lip_closure)
     frames = np.arange(placement.frame_start, placement.frame_end, dtype=np.float64)
     positions = motion.sample_positions(frames, placement.strip_start, placement.fps,
                                         placement.sound_offset, placement.audio_start)
     expression, jaw = motion.resample(expression, jaw, positions)
+    rotations = {"jaw": jaw}
+    if living is not None:
+        rotations["neck"] = motion.resample_rotations(living.neck, positions)
+        rotations["left_eye"] = motion.resample_rotations(living.eyes[:, 0], positions)
+        rotations["right_eye"] = motion.resample_rotations(living.eyes[:, 1], positions)
     frames = frames + controls.offset
-    correctives = jaw_corrective_weights(jaw)
-    rotation = location = None
-    path = ""
-    if rig.jaw_bone is not None:
+    correctives = np.zeros((len(frames), 36))
+    for j, joint in enumerate(JOINTS):
+        if joint in rotations:
+            correctives[:, 9 * j: 9 * j + 9] = corrective_weights(rotations[joint])
+    bones = []
+    keyed = tuple(joint for joint in JOINTS if joint in rotations and rig.bone(joint))
+    if keyed:
         c, scale = flame_frame
-        bone = rig.armature.data.bones[rig.jaw_bone]
-        rest = np.array(bone.matrix_local.to_3x3())
-        rot_bone = motion.flame_to_bone(axis_angle_to_matrix(jaw), rest, c)
-        pose_bone = rig.armature.pose.bones[rig.jaw_bone]
-        rotation, path = _rotation_channel(pose_bone, rot_bone)
         n = min(len(rig.expression_keys), expression.shape[1])
-        shown = np.zeros(expression.shape[1])  # the pivot moves with the keys the rig has
+        shown = np.zeros(expression.shape[1])  # pivots move with the keys the rig has
         shown[:n] = [name is not None for name in rig.expression_keys[:n]]
-        offsets = motion.jaw_pivot_offsets(jaw, expression * shown, jaw_joint_basis(rig))
-        if offsets is not None:
-            location = scale * (offsets @ c.T) @ rest  # FLAME → armature → bone rest frame
+        for joint in keyed:
+            name = rig.bone(joint)
+            bone = rig.armature.data.bones[name]
+            rest = np.array(bone.matrix_local.to_3x3())
+            rot_bone = motion.flame_to_bone(axis_angle_to_matrix(rotations[joint]), rest, c)
+            values, path = _rotation_channel(rig.armature.pose.bones[name], rot_bone)
+            offsets = motion.pivot_offsets(rotations[joint], expression * shown,
+                                           joint_basis(rig, joint))
+            location = None
+            if offsets is not None:
+                location = scale * (offsets @ c.T) @ rest  # FLAME → armature → bone rest frame
+            bones.append(BoneChannel(bone=name, rotation=values, rotation_path=path,
+                                     location=location))
     return Channels(frames=frames, expression=expression, correctives=correctives,
-                    jaw_rotation=rotation, jaw_location=location, rotation_path=path)
+                    bones=bones, keyed_joints=keyed)
 
+
+def _living_face(expression: np.ndarray, jaw: np.ndarray, living: motion.LivingLayers,
+                 geometry: HeadGeometry, lip_closure: float) -> tuple[np.ndarray, np.ndarray]:
+    """The lips shut at the take's p/b/m closures, then the eyelids added (25 fps)."""
+    if living.closure is not None and geometry.lip_closure is not None and lip_closure > 0:
+        from .server.living.closure import close_lips
+
+        expression, jaw = close_lips(expression, jaw, living.closure, geometry.lip_closure,
+                                     lip_closure)
+    direction = geometry.eyelid_direction
+    if direction is not None and np.any(living.eyelids):
+        width = max(expression.shape[1], len(direction))
+        out = np.zeros((len(expression), width))
+        out[:, :expression.shape[1]] = expression
+        out[:, :len(direction)] += living.eyelids[:, None] * direction[None, :]
+        expression = out
+    return expression, jaw
 
 
 def _rotation_channel(pose_bone: Any, rotations: np.ndarray) -> tuple[np.ndarray, str]:
@@ -150,25 +207,58 @@ def write_channels(rig: Rig, channels: Channels, shape_action: Any,
         _widen_slider(blocks[rig.expression_keys[k]], values)
         fill_fcurve(curves, f'key_blocks["{rig.expression_keys[k]}"].value', 0,
                     channels.frames, np.clip(values, -SLIDER_LIMIT, SLIDER_LIMIT))
+    unkeyed = [j for j in JOINTS if j not in channels.keyed_joints]
+    # A layer turned off leaves no keys of its own behind in the take's actions, and what its
+    # keys moved goes back to rest.
     for i, name in enumerate(rig.corrective_keys):
-        if name is None or rig.jaw_bone is None:
+        if name is not None and JOINTS[i // 9] in unkeyed and _remove_curves(
+                curves, {f'key_blocks["{name}"].value'}):
+            blocks[name].value = 0.0
+    if armature_action is not None:
+        bone_curves = compat.fcurves(armature_action, rig.armature)
+        for joint in unkeyed:
+            name = rig.bone(joint)
+            if name and _remove_curves(bone_curves, {f'pose.bones["{name}"]'}, prefix=True):
+                _rest_pose(rig.armature.pose.bones[name])
+    for i, name in enumerate(rig.corrective_keys):
+        if name is None or JOINTS[i // 9] not in channels.keyed_joints:
             continue
         values = channels.correctives[:, i]
         _widen_slider(blocks[name], values)
         fill_fcurve(curves, f'key_blocks["{name}"].value', 0, channels.frames, values)
     if clipped:
         notes.append(f"{clipped} expression values beyond ±{SLIDER_LIMIT:.0f} were clipped.")
-    if armature_action is not None and channels.jaw_rotation is not None:
+    if armature_action is not None and channels.bones:
         bone_curves = compat.fcurves(armature_action, rig.armature)
-        base = f'pose.bones["{rig.jaw_bone}"]'
-        for i in range(channels.jaw_rotation.shape[1]):
-            fill_fcurve(bone_curves, f"{base}.{channels.rotation_path}", i, channels.frames,
-                        channels.jaw_rotation[:, i])
-        if channels.jaw_location is not None:
-            for i in range(3):
-                fill_fcurve(bone_curves, f"{base}.location", i, channels.frames,
-                            channels.jaw_location[:, i])
+        for bone in channels.bones:
+            base = f'pose.bones["{bone.bone}"]'
+            for i in range(bone.rotation.shape[1]):
+                fill_fcurve(bone_curves, f"{base}.{bone.rotation_path}", i, channels.frames,
+                            bone.rotation[:, i])
+            if bone.location is not None:
+                for i in range(3):
+                    fill_fcurve(bone_curves, f"{base}.location", i, channels.frames,
+                                bone.location[:, i])
     return notes
+
+
+def _remove_curves(curves: Any, paths: set[str], prefix: bool = False) -> bool:
+    """Remove the F-curves at ``paths`` (with ``prefix``: under them) from a take's action;
+    True when there were any."""
+    def doomed(path: str) -> bool:
+        return path in paths or (prefix and any(path.startswith(p + ".") for p in paths))
+
+    found = [c for c in curves if doomed(c.data_path)]
+    for curve in found:
+        curves.remove(curve)
+    return bool(found)
+
+
+def _rest_pose(pose_bone: Any) -> None:
+    pose_bone.location = (0.0, 0.0, 0.0)
+    pose_bone.rotation_quaternion = (1.0, 0.0, 0.0, 0.0)
+    pose_bone.rotation_axis_angle = (0.0, 0.0, 1.0, 0.0)
+    pose_bone.rotation_euler = (0.0, 0.0, 0.0)
 
 
 def _widen_slider(block: Any, values: np.ndarray) -> None:
@@ -187,7 +277,7 @@ def new_take_actions(rig: Rig, label: str) -> tuple[Any, Any | None]:
     shape = compat.new_action(f"EMOTE {label} (face)", rig.shape_keys)
     shape["emote_take"] = True
     armature = None
-    if rig.armature is not None and rig.jaw_bone is not None:
+    if rig.armature is not None and rig.bones:
         armature = compat.new_action(f"EMOTE {label} (jaw)", rig.armature)
         armature["emote_take"] = True
     return shape, armature

@@ -108,20 +108,32 @@ def sample_positions(frames: np.ndarray, strip_start: float, fps: float, sound_o
     return (file_time - audio_start) * TAKE_FPS
 
 
+def _brackets(count: int, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    pos = np.clip(np.asarray(positions, np.float64), 0, count - 1)
+    i0 = np.floor(pos).astype(int)
+    return i0, np.minimum(i0 + 1, count - 1), pos - i0
+
+
+def resample_values(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Values (T, ...) linearly at fractional take indices (clamped)."""
+    values = np.asarray(values, np.float64)
+    i0, i1, t = _brackets(len(values), positions)
+    t = t.reshape((-1,) + (1,) * (values.ndim - 1))
+    return values[i0] * (1 - t) + values[i1] * t
+
+
+def resample_rotations(axis_angle: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """Axis-angle rotations (T, 3) by quaternion slerp at fractional take indices (clamped)."""
+    i0, i1, t = _brackets(len(axis_angle), positions)
+    quats = continuous_quaternions(axis_angle_to_quaternion(axis_angle))
+    angle, axis = quaternion_to_axis_angle(slerp(quats[i0], quats[i1], t))
+    return axis * angle[:, None]
+
+
 def resample(expression: np.ndarray, jaw: np.ndarray, positions: np.ndarray
              ) -> tuple[np.ndarray, np.ndarray]:
     """Expression linearly, jaw by quaternion slerp, at fractional take indices (clamped)."""
-    count = len(expression)
-    pos = np.clip(np.asarray(positions, np.float64), 0, count - 1)
-    i0 = np.floor(pos).astype(int)
-    i1 = np.minimum(i0 + 1, count - 1)
-    t = pos - i0
-    expression = np.asarray(expression, np.float64)
-    out_expression = expression[i0] * (1 - t)[:, None] + expression[i1] * t[:, None]
-    quats = continuous_quaternions(axis_angle_to_quaternion(jaw))
-    q = slerp(quats[i0], quats[i1], t)
-    angle, axis = quaternion_to_axis_angle(q)
-    return out_expression, axis * angle[:, None]
+    return resample_values(expression, positions), resample_rotations(jaw, positions)
 
 
 # -- space ---------------------------------------------------------------------------------------
@@ -134,21 +146,26 @@ def flame_to_bone(rotations: np.ndarray, bone_rest: np.ndarray,
     return b.T @ c @ rotations @ c.T @ b
 
 
-def jaw_pivot_offsets(jaw: np.ndarray, expression: np.ndarray,
-                      joint_basis: np.ndarray | None) -> np.ndarray | None:
-    """Translation (N, 3) that moves the jaw's pivot where FLAME puts it.
+def pivot_offsets(rotation: np.ndarray, expression: np.ndarray,
+                  joint_basis: np.ndarray | None) -> np.ndarray | None:
+    """Translation (N, 3) that moves a joint's pivot where FLAME puts it.
 
-    FLAME regresses joints from the expressed mesh, so the jaw pivot J(ψ) = J₀ + Bψ moves with
-    the expression; a bone pivots at its rest head J₀. Rotating about J(ψ) equals rotating
-    about J₀ then translating by (I − R)·Bψ (FLAME frame).
+    FLAME regresses joints from the expressed mesh, so a pivot J(ψ) = J₀ + Bψ moves with the
+    expression; a bone pivots at its rest head J₀. Rotating about J(ψ) equals rotating about
+    J₀ then translating by (I − R)·Bψ (FLAME frame). This holds joint by joint down the tree
+    (neck, then jaw and eyes), each in its parent's frame, because every bone's offset is its
+    own (I − R)·Bψ.
     """
     if joint_basis is None:
         return None
     basis = np.asarray(joint_basis, np.float64)  # (3, E)
     n = min(basis.shape[1], expression.shape[1])
     shift = expression[:, :n] @ basis[:, :n].T  # (N, 3)
-    rot = axis_angle_to_matrix(jaw)
+    rot = axis_angle_to_matrix(rotation)
     return shift - np.einsum("nij,nj->ni", rot, shift)
+
+
+jaw_pivot_offsets = pivot_offsets
 
 
 # -- artist controls -----------------------------------------------------------------------------
@@ -209,3 +226,57 @@ def lower_face_shares(displacements: np.ndarray, heights: np.ndarray,
     lower = energy[:, np.asarray(heights) < mouth_level].sum(axis=1)
     total = energy.sum(axis=1)
     return np.where(total > 0, lower / np.maximum(total, 1e-30), 1.0)
+
+
+# -- the living layers ---------------------------------------------------------------------------
+
+@dataclass
+class LivingControls:
+    """The living layers' controls on a take (re-applied without the model or the audio)."""
+
+    blinks: float = 1.0  # how far blinks close the lids (0: no blinks)
+    blink_rate: float = 1.0  # × the model's blink rate
+    eyes: float = 1.0  # gaze aversion while speaking (0: the eyes stay on the target)
+    head: float = 1.0  # head motion strength (0: the head is still)
+    lip_closure: float = 1.0  # how far detected p/b/m closures shut the lips (0: as generated)
+    seed: int = 0  # the take's seed plus this variation
+    target: np.ndarray | None = None  # look-at direction in FLAME's frame (None: ahead)
+
+
+@dataclass
+class LivingLayers:
+    """A take's living layers at 25 fps, ready to be combined with the model's output."""
+
+    eyes: np.ndarray  # (T, 2, 3) axis-angle of the left and right eye joints, FLAME frame
+    neck: np.ndarray  # (T, 3) axis-angle of the neck joint
+    eyelids: np.ndarray  # (T,) closure in [0, 1]
+    closure: np.ndarray | None  # (T,) p/b/m lip-closure weights in [0, 1]
+
+
+def living_layers(stored: dict, controls: LivingControls, frames: int) -> LivingLayers:
+    """The layers from what a take stores (the worker's ``living`` reply: speech activity,
+    seed, per-frame emotion weights, closure weights) with ``controls``; ``ValueError`` when the
+    stored data does not fit a take of ``frames`` frames."""
+    from .server.living import layers_from_activity
+    from .server.living.speech import SpeechActivity
+
+    activity = SpeechActivity.from_dict(stored.get("activity"))
+    if activity.frames != frames:
+        raise ValueError(f"The take's living-face data covers {activity.frames} frames, not "
+                         f"its {frames}.")
+    names = list(stored.get("emotions", []))
+    weights = np.asarray(stored.get("emotion_weights", np.zeros((frames, 0))), np.float64)
+    if weights.ndim != 2 or len(weights) != frames or weights.shape[1] != len(names):
+        raise ValueError("The take's emotion weights do not fit its frames.")
+    emotions = {name: weights[:, i] for i, name in enumerate(names)}
+    seed = (int(stored.get("seed", 0)) + int(controls.seed)) % 2**32
+    layers = layers_from_activity(activity, emotions, seed, blink_rate=controls.blink_rate,
+                                  blink_amount=controls.blinks, gaze_target=controls.target,
+                                  aversion=controls.eyes, head_strength=controls.head)
+    closure = stored.get("closure")
+    if closure is not None:
+        closure = np.clip(np.asarray(closure, np.float64).ravel(), 0, 1)
+        if len(closure) != frames:
+            raise ValueError("The take's lip-closure weights do not fit its frames.")
+    return LivingLayers(eyes=layers.eyes, neck=layers.neck, eyelids=layers.eyelids,
+                        closure=closure)

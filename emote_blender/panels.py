@@ -73,6 +73,18 @@ def draw_emote(layout: Any, context: Any) -> None:
             col.prop(take, "mouth", slider=True)
             col.prop(take, "upper", slider=True)
             col.prop(take, "smoothing")
+            if take.shape_action is not None and take.shape_action.get("emote_living"):
+                box = layout.box()
+                box.prop(take, "living")
+                col = box.column(align=True)
+                col.enabled = take.living
+                col.prop(take, "blinks", slider=True)
+                col.prop(take, "blink_rate")
+                col.prop(take, "eye_motion")
+                col.prop(take, "look_at")
+                col.prop(take, "head_motion")
+                col.prop(take, "lip_closure", slider=True)
+                col.prop(take, "variation")
             row = layout.row(align=True)
             row.prop(settings, "bake_mode", text="")
             row.operator("emote.bake", icon="NLA")

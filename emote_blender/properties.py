@@ -61,6 +61,30 @@ class EmoteTake(bpy.types.PropertyGroup):
     smoothing: FloatProperty(name="Smoothing",
                              description="Temporal smoothing (Gaussian sigma, 25 fps frames)",
                              default=0.0, min=0.0, soft_max=5.0, update=_reapply)
+    # The living face: layers computed from the take's stored speech activity.
+    living: BoolProperty(name="Living Face",
+                         description="Blinks, gaze, head motion and lip closure on this take",
+                         default=True, update=_reapply)
+    blinks: FloatProperty(name="Blinks", description="How far blinks close the eyelids "
+                          "(0: no blinks)", default=1.0, min=0.0, max=1.0, subtype="FACTOR",
+                          update=_reapply)
+    blink_rate: FloatProperty(name="Blink Rate", description="Blink rate, × the natural rate "
+                              "(more while speaking and at pauses)", default=1.0, min=0.0,
+                              soft_max=3.0, max=10.0, update=_reapply)
+    eye_motion: FloatProperty(name="Eye Darts", description="How often the gaze moves away "
+                              "while speaking (0: the eyes stay on the target)", default=1.0,
+                              min=0.0, soft_max=2.0, max=5.0, update=_reapply)
+    look_at: PointerProperty(type=bpy.types.Object, name="Look At",
+                             description="Object the eyes look at (empty: straight ahead)",
+                             update=_reapply)
+    head_motion: FloatProperty(name="Head Motion", description="Strength of the speech-driven "
+                               "nods, idle sway and emotion posture (0: still)", default=1.0,
+                               min=0.0, soft_max=2.0, max=3.0, update=_reapply)
+    lip_closure: FloatProperty(name="Lip Closure", description="How far the lips shut on the "
+                               "p, b and m the audio holds (0: as generated)", default=1.0,
+                               min=0.0, max=1.0, subtype="FACTOR", update=_reapply)
+    variation: IntProperty(name="Variation", description="Another draw of the blinks, gaze "
+                           "and head motion", default=0, min=0, update=_reapply)
 
 
 class EmoteSettings(bpy.types.PropertyGroup):

@@ -17,7 +17,16 @@ import numpy as np
 
 OFFICIAL, SMPLX = "OFFICIAL", "SMPLX"
 BONE_NAMES = ["root", "neck", "jaw", "left_eye", "right_eye"]
+JOINTS = ("neck", "jaw", "left_eye", "right_eye")  # FLAME joints 1–4, nine pose features each
 JAW_CORRECTIVES = range(9, 18)  # 0-based pose-feature indices of the jaw (after the neck's 9)
+POSE_FEATURES = 36
+# Bone names (lower case) that play each FLAME joint: the official add-on's, then common ones.
+_BONE_ALIASES = {
+    "neck": ("neck",),
+    "jaw": ("jaw",),
+    "left_eye": ("left_eye", "lefteye", "eye_l", "eye.l", "l_eye", "leye"),
+    "right_eye": ("right_eye", "righteye", "eye_r", "eye.r", "r_eye", "reye"),
+}
 _SMPLX_EXP = re.compile(r"^Exp0\d\d$")  # zero-padded: Exp000, Exp001 … (Exp100 is official)
 _OFFICIAL_EXP = re.compile(r"^Exp([1-9]\d*)$")
 
@@ -32,9 +41,14 @@ class Rig:
     armature: Any | None
     convention: str
     expression_keys: list[str | None]  # index k → key of coefficient k (None: missing)
-    corrective_keys: list[str | None]  # the jaw's 9 correctives, None where missing
+    corrective_keys: list[str | None]  # the 36 pose correctives (neck, jaw, eyes), None: missing
     jaw_bone: str | None
     notes: list[str] = field(default_factory=list)
+    bones: dict[str, str] = field(default_factory=dict)  # FLAME joint name → bone name
+
+    def bone(self, joint: str) -> str | None:
+        """The bone playing FLAME joint ``joint`` (neck, jaw, left_eye, right_eye), if any."""
+        return self.bones.get(joint)
 
     @property
     def shape_keys(self) -> Any:
@@ -150,18 +164,20 @@ def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> R
         notes.append(f"The keys {_listed(stray)} do not follow this rig's {example}… naming and "
                      "are ignored.")
     correctives = [pose_key_name(convention, i) if pose_key_name(convention, i) in present
-                   else None for i in JAW_CORRECTIVES]
+                   else None for i in range(POSE_FEATURES)]
     armature = _armature_of(mesh)
-    jaw = None
+    bones: dict[str, str] = {}
     if armature is not None:
-        for bone in armature.data.bones:
-            if bone.name.lower() == "jaw":
-                jaw = bone.name
-                break
+        by_name = {bone.name.lower(): bone.name for bone in armature.data.bones}
+        for joint, aliases in _BONE_ALIASES.items():
+            found = next((by_name[a] for a in aliases if a in by_name), None)
+            if found is not None:
+                bones[joint] = found
+    jaw = bones.get("jaw")
     if jaw is None:
         notes.append("No jaw bone found: expression is applied, the jaw is not animated.")
     return Rig(mesh=mesh, armature=armature, convention=convention, expression_keys=expression,
-               corrective_keys=correctives, jaw_bone=jaw, notes=notes)
+               corrective_keys=correctives, jaw_bone=jaw, notes=notes, bones=bones)
 
 
 def check_editable(rig: Rig) -> None:
@@ -231,11 +247,24 @@ def kabsch(source: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, float]:
     return rotation, scale
 
 
+def joint_basis(rig: Rig, joint: str = "jaw") -> np.ndarray | None:
+    """(3, E) movement of FLAME joint ``joint`` per expression coefficient, when the rig
+    carries it (heads made here: ``emote_joint_bases`` for all four joints; heads made before
+    the living layers: ``emote_jaw_joint_basis`` for the jaw)."""
+    arm = rig.armature
+    if arm is None:
+        return None
+    if "emote_joint_bases" in arm:
+        bases = np.asarray(arm["emote_joint_bases"], np.float64).reshape(len(JOINTS), 3, -1)
+        return bases[JOINTS.index(joint)]
+    if joint == "jaw" and "emote_jaw_joint_basis" in arm:
+        return np.asarray(arm["emote_jaw_joint_basis"], np.float64).reshape(3, -1)
+    return None
+
+
 def jaw_joint_basis(rig: Rig) -> np.ndarray | None:
     """(3, E) movement of the jaw joint per expression coefficient, when the rig carries it."""
-    if rig.armature is not None and "emote_jaw_joint_basis" in rig.armature:
-        return np.asarray(rig.armature["emote_jaw_joint_basis"], np.float64).reshape(3, -1)
-    return None
+    return joint_basis(rig, "jaw")
 
 
 def lower_face_share(rig: Rig) -> np.ndarray:
@@ -325,6 +354,9 @@ def create_flame_head(context: Any, flame: Any, name: str = "FLAME") -> tuple[An
         add_key(f"Exp{k + 1}", flame.shapedirs[:, :, 300 + k])
     for i in range(18):  # neck then jaw, as the official add-on
         add_key(f"Pose{i + 1}", flame.posedirs[:, :, i])
+    for i in range(18, POSE_FEATURES):  # then the eyes' (for the living layers' gaze)
+        if np.any(flame.posedirs[:, :, i]):
+            add_key(f"Pose{i + 1}", flame.posedirs[:, :, i])
 
     # What exact keying needs later: the frame (identity here), the jaw pivot's expression
     # dependence, and each expression component's lower-face share.
@@ -333,8 +365,38 @@ def create_flame_head(context: Any, flame: Any, name: str = "FLAME") -> tuple[An
     expression_dirs = flame.shapedirs[:, :, 300:]
     armature["emote_jaw_joint_basis"] = np.einsum(
         "v,vce->ce", flame.j_regressor[2], expression_dirs).ravel().tolist()
+    armature["emote_joint_bases"] = np.einsum(
+        "jv,vce->jce", flame.j_regressor[1:5], expression_dirs).ravel().tolist()
+    store_head_geometry(mesh, flame)
     heights = template[:, 1]
     level = 0.5 * (joints[2, 1] + joints[3, 1])
     mesh["emote_lower_face_share"] = lower_face_shares(
         np.moveaxis(expression_dirs, 2, 0), heights, level).tolist()
     return mesh, armature
+
+
+def store_head_geometry(mesh: Any, flame: Any) -> list[str]:
+    """What the living layers need from the FLAME file, kept on a head made from it: the
+    eyelid-closing direction in its expression space (server/living/eyelids.py) and the
+    lip-closure operator (server/living/closure.py); an empty list where the file's lids or
+    lips cannot be found. Returns notes saying so."""
+    import importlib.util
+
+    from .server.living.eyelids import eyelid_direction
+
+    notes = []
+    try:
+        mesh["emote_eyelid_direction"] = np.asarray(eyelid_direction(flame).expression,
+                                                    np.float64).tolist()
+    except ValueError as exc:
+        mesh["emote_eyelid_direction"] = []
+        notes.append(f"No blinks on this head: {exc}")
+    if importlib.util.find_spec(f"{__package__}.server.living.closure") is not None:
+        from .server.living.closure import lip_closure
+
+        try:
+            mesh["emote_lip_closure"] = lip_closure(flame).to_list()
+        except ValueError as exc:
+            mesh["emote_lip_closure"] = []
+            notes.append(f"No lip closure on this head: {exc}")
+    return notes

@@ -35,7 +35,7 @@ from .safe_pickle import (
 
 SHAPE_SPACE_DIM = 300  # FLAME's shapedirs: columns 0-299 identity, 300-399 expression
 N_JOINTS = 5  # root (global), neck, jaw, left eye, right eye
-JAW_JOINT = 2
+NECK_JOINT, JAW_JOINT, LEFT_EYE_JOINT, RIGHT_EYE_JOINT = 1, 2, 3, 4
 
 
 class FlameFileError(ValueError):
@@ -321,13 +321,20 @@ def axis_angle_to_matrix(axis_angle: np.ndarray) -> np.ndarray:
 
 
 def flame_vertices(data: FlameData, expression: np.ndarray, jaw: np.ndarray,
-                   shape: np.ndarray | None = None, batch: int = 64) -> np.ndarray:
+                   shape: np.ndarray | None = None, batch: int = 64, *,
+                   neck: np.ndarray | None = None, eyes: np.ndarray | None = None
+                   ) -> np.ndarray:
     """FLAME's forward pass in NumPy: posed vertices (T, V, 3) in metres for per-frame
-    expression (T, E) and jaw axis-angle (T, 3); neck, eyes and the global rotation at rest, as
-    in EMOTE. Shape blend shapes, joints from the shaped mesh, pose correctives from
-    ``R − I`` of joints 1–4, and linear blend skinning over the joint tree (smplx's ``lbs``
-    maths, which :class:`FlameModel` runs and the tests compare against)."""
+    expression (T, E) and jaw axis-angle (T, 3); the neck (T, 3) and the eyes (T, 2, 3: left,
+    right) at rest unless given (the living layers), the global rotation at rest, as in EMOTE.
+    Shape blend shapes, joints from the shaped mesh, pose correctives from ``R − I`` of
+    joints 1–4, and linear blend skinning over the joint tree (smplx's ``lbs`` maths, which
+    :class:`FlameModel` runs and the tests compare against)."""
     expression, jaw, betas = _forward_inputs(data, expression, jaw, shape)
+    extra = {NECK_JOINT: neck, LEFT_EYE_JOINT: None if eyes is None else np.asarray(eyes)[:, 0],
+             RIGHT_EYE_JOINT: None if eyes is None else np.asarray(eyes)[:, 1]}
+    extra = {j: np.asarray(v, np.float64).reshape(len(jaw), 3) for j, v in extra.items()
+             if v is not None}
     frames, n_exp = expression.shape
     rest = data.v_template + data.shapedirs[..., :SHAPE_SPACE_DIM] @ betas  # (V, 3)
     expression_dirs = data.shapedirs[..., SHAPE_SPACE_DIM:SHAPE_SPACE_DIM + n_exp]
@@ -342,6 +349,8 @@ def flame_vertices(data: FlameData, expression: np.ndarray, jaw: np.ndarray,
         # smplx's batch_rodrigues measures the angle of (v + 1e-8): the same here, so both
         # forward passes give the same vertices to rounding.
         rotations[:, JAW_JOINT] = _rodrigues_like_smplx(jaw[start:stop])
+        for j, values in extra.items():
+            rotations[:, j] = _rodrigues_like_smplx(values[start:stop])
         feature = (rotations[:, 1:] - np.eye(3)).reshape(n, -1)  # (n, 36)
         posed = shaped + np.einsum("vck,tk->tvc", data.posedirs, feature)
         world = np.zeros((n, N_JOINTS, 4, 4))
@@ -381,6 +390,14 @@ def _rodrigues_like_smplx(axis_angle: np.ndarray) -> np.ndarray:
     s = np.sin(angle)[..., None]
     c = np.cos(angle)[..., None]
     return np.eye(3) + s * k + (1 - c) * (k @ k)
+
+
+def corrective_weights(axis_angle: np.ndarray) -> np.ndarray:
+    """Weights of one joint's nine pose-corrective blend shapes, ``(R − I)`` row-major (T, 9),
+    for its axis-angle rotations (T, 3): the neck's drive ``posedirs`` columns 0–8, the
+    jaw's 9–17, the left eye's 18–26 and the right eye's 27–35."""
+    rot = axis_angle_to_matrix(axis_angle)
+    return (rot - np.eye(3)).reshape(rot.shape[:-2] + (9,))
 
 
 def jaw_corrective_weights(jaw: np.ndarray) -> np.ndarray:
@@ -426,11 +443,14 @@ class FlameModel:
         return self.data.n_expression
 
     def vertices(self, expression: np.ndarray, jaw: np.ndarray,
-                 shape: np.ndarray | None = None, batch: int = 512) -> np.ndarray:
+                 shape: np.ndarray | None = None, batch: int = 512, *,
+                 neck: np.ndarray | None = None, eyes: np.ndarray | None = None
+                 ) -> np.ndarray:
         """Posed vertices (T, V, 3) in metres for per-frame expression (T, E) and jaw (T, 3).
 
         Expression columns beyond the file's expression space are an error; fewer are padded
-        with zeros. Neck, eyes and global rotation stay at rest, as in EMOTE.
+        with zeros. The neck (T, 3) and eyes (T, 2, 3) stay at rest unless given, and the
+        global rotation at rest, as in EMOTE.
         """
         import torch
 
@@ -444,12 +464,17 @@ class FlameModel:
                 stop = min(frames, start + batch)
                 n = stop - start
                 zeros = torch.zeros(n, 3, dtype=torch.float64, device=self.device)
+                neck_pose, leye_pose, reye_pose = (
+                    zeros if values is None else torch.as_tensor(
+                        np.asarray(values, np.float64)[start:stop], device=self.device)
+                    for values in (neck, None if eyes is None else np.asarray(eyes)[:, 0],
+                                   None if eyes is None else np.asarray(eyes)[:, 1]))
                 result = self.model(
                     betas=torch.as_tensor(betas, device=self.device).expand(n, -1),
                     expression=torch.as_tensor(expression[start:stop], device=self.device),
                     jaw_pose=torch.as_tensor(jaw[start:stop], device=self.device),
-                    global_orient=zeros, neck_pose=zeros, leye_pose=zeros, reye_pose=zeros,
-                    transl=zeros,
+                    global_orient=zeros, neck_pose=neck_pose, leye_pose=leye_pose,
+                    reye_pose=reye_pose, transl=zeros,
                 )
                 out.append(result.vertices.cpu().numpy())
         if not out:

@@ -27,9 +27,10 @@ Requests (client → worker)
                 bad value keeps the model already loaded; loading the same settings again
                 is instant
                                                     → ``loaded`` {info, device}
-  ``generate``  {id, audio, start?, end?, condition, output?, allow_low_rate?}
+  ``generate``  {id, audio, start?, end?, condition, output?, allow_low_rate?, living?}
                 audio: a file path (at most 2 hours are used); start/end: seconds into the
                 file (the strip's trim), numbers or null;
+                living: false leaves the living-face data out of the result (default true);
                 allow_low_rate: accept audio below 16 kHz (refused by default);
                 condition: {"emotion", "intensity", "style"} (names, indices or
                 {name: weight} mixtures; any field may be a list of N of those: a per-frame
@@ -50,8 +51,11 @@ Replies (worker → client)
   ``loaded``    {id, info, device}
   ``progress``  {id, stage, fraction}               stage: "audio" | "motion"; fraction 0..1
   ``result``    {id, frames, fps, label, cached, seconds, warnings,
-                 expression: [[E floats]*T], jaw: [[3 floats]*T]}   (or ``output`` instead of
-                 the arrays when the request named one)
+                 expression: [[E floats]*T], jaw: [[3 floats]*T], living?}   (or ``output``
+                 instead of the arrays when the request named one); living: what the take's
+                 living-face layers are computed from without the audio (server/living):
+                 {activity: the speech activity (SpeechActivity.to_dict), seed: from the
+                 audio's content, emotions: [names], emotion_weights: [[floats]*T]}
   ``cancelled`` {id}
   ``error``     {id?, message}                      message: one sentence for the user
   ``bye``       {reason}                            "shutdown" | "stdin closed" | "idle"
@@ -210,6 +214,8 @@ def validate_request(message: dict[str, Any]) -> None:
                                     f"{_shown(value)}.")
         if not isinstance(message.get("allow_low_rate", False), (bool, type(None))):
             raise ProtocolError("'allow_low_rate' must be true or false.")
+        if not isinstance(message.get("living", True), (bool, type(None))):
+            raise ProtocolError("'living' must be true or false.")
         if not isinstance(message["condition"], (dict, list)):
             raise ProtocolError("'condition' must be an object of emotion/intensity/style or a "
                                 f"list of numbers; got {_shown(message['condition'])}.")

@@ -214,7 +214,22 @@ class Worker:
         else:
             reply["expression"] = _rows(take.expression)
             reply["jaw"] = _rows(take.jaw)
+            if message.get("living", True) is not False:
+                reply["living"] = living_data(clip, take, self.animator.space.emotions)
         self.send(protocol.RESULT, **reply)
+
+
+def living_data(clip: Any, take: Any, emotions: Any) -> dict[str, Any]:
+    """What the add-on computes a take's living layers from (blinks, gaze, head motion) with
+    its own controls, without the audio: the speech activity, the seed and the per-frame
+    emotion weights (see :mod:`server.living`)."""
+    from .living import seed_from_hash, speech_activity
+
+    names = list(emotions)
+    weights = np.asarray(take.condition, np.float64)[:, :len(names)]
+    return {"activity": speech_activity(clip.samples, take.frames).to_dict(),
+            "seed": seed_from_hash(clip.content_hash()), "emotions": names,
+            "emotion_weights": np.round(weights, 5).tolist()}
 
 
 def _rows(array: np.ndarray) -> list[list[float]]:

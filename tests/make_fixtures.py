@@ -42,7 +42,14 @@ def forward(flame: Path, inputs: Path, output: Path) -> None:
     from server.flame import FlameModel, load_flame_file
 
     data = np.load(inputs)
-    model = FlameModel(load_flame_file(flame))
+    flame_data = load_flame_file(flame)
+    if "neck" in data or "eyes" in data:  # the living layers: the NumPy forward pass
+        from server.flame import flame_vertices
+
+        np.save(output, flame_vertices(flame_data, data["expression"], data["jaw"],
+                                       neck=data.get("neck"), eyes=data.get("eyes")))
+        return
+    model = FlameModel(flame_data)
     np.save(output, model.vertices(data["expression"], data["jaw"]))
 
 

@@ -391,3 +391,21 @@ def test_the_numpy_forward_pass_equals_smplx():
         assert np.abs(reference[1:] - reference[0]).max() > 1e-3  # the motion is visible
     with pytest.raises(ValueError, match="expression components"):
         flame_vertices(synthetic_flame(n_expression=10), expression, jaw)
+
+
+def test_the_numpy_forward_pass_with_neck_and_eyes_equals_smplx():
+    """The living layers' joints (neck, both eyes) posed as smplx's FLAME poses them."""
+    from server.demo.head import build_demo_head
+    from server.flame import FlameModel, flame_vertices
+
+    rng = np.random.default_rng(5)
+    expression = rng.normal(0, 1, (20, 100))
+    jaw = rng.normal(0, 0.1, (20, 3))
+    neck = rng.normal(0, 0.2, (20, 3))
+    eyes = rng.normal(0, 0.3, (20, 2, 3))
+    for data in (synthetic_flame(), build_demo_head().flame):
+        ours = flame_vertices(data, expression, jaw, neck=neck, eyes=eyes)
+        reference = FlameModel(data).vertices(expression, jaw, neck=neck, eyes=eyes)
+        assert np.abs(ours - reference).max() < 1e-8
+        still = flame_vertices(data, expression, jaw)
+        assert np.abs(ours - still).max() > 1e-3  # the neck and eyes do move the mesh

@@ -233,3 +233,25 @@ def test_generate_writes_the_living_fields_and_no_extras_leaves_them_out(
     written = json.loads(plain.read_text())
     assert {"eyes", "neck", "eyelids"}.isdisjoint(written)
     assert {"expression", "jaw", "fps", "condition", "label"} <= set(written)
+
+
+def test_stored_speech_activity_round_trips_and_refuses_what_does_not_fit(sentence_60s):
+    from server.living import layers_from_activity
+    from server.living.speech import SpeechActivity
+
+    activity = speech_activity(sentence_60s, FRAMES)
+    data = json.loads(json.dumps(activity.to_dict()))
+    again = SpeechActivity.from_dict(data)
+    assert again.frames == FRAMES and again.pauses == activity.pauses
+    np.testing.assert_array_equal(again.speaking, activity.speaking)
+    np.testing.assert_array_equal(again.stresses, activity.stresses)
+    a = layers_from_activity(activity, seed=7)
+    b = layers_from_activity(again, seed=7)
+    assert np.abs(a.eyelids - b.eyelids).max() < 1e-3 and np.abs(a.neck - b.neck).max() < 1e-4
+    for broken, message in [({**data, "pitch": data["pitch"][:-1]}, "'pitch'"),
+                            ({**data, "stresses": [FRAMES + 5]}, "'stresses'"),
+                            ({**data, "energy": ["x"] * FRAMES}, "not a number"),
+                            ({k: v for k, v in data.items() if k != "pauses"}, "'pauses'"),
+                            ([], "not a mapping")]:
+        with pytest.raises(ValueError, match=message):
+            SpeechActivity.from_dict(broken)

@@ -105,6 +105,40 @@ def test_ping_load_generate_and_progress(worker, tiny_bundle, speech_wav):
     assert worker.until("result", "g3")[0]["cached"] is True
 
 
+def test_a_result_carries_what_the_living_layers_need(worker, tiny_bundle, speech_wav):
+    """The speech activity, the seed from the audio's content and the per-frame emotion
+    weights: enough to compute the living layers (server/living) without the audio."""
+    from server.audio import load_audio
+    from server.living import layers_from_activity, living_layers, seed_from_hash
+    from server.living.speech import SpeechActivity
+
+    load(worker, tiny_bundle)
+    worker.send(protocol.request("generate", "g1", audio=str(speech_wav),
+                                 condition={"emotion": {"Sad": 0.75, "Fear": 0.25}}))
+    living = worker.until("result", "g1")[0]["living"]
+    activity = SpeechActivity.from_dict(living["activity"])
+    assert activity.frames == 75
+    clip = load_audio(str(speech_wav))
+    assert living["seed"] == seed_from_hash(clip.content_hash())
+    weights = np.array(living["emotion_weights"])
+    assert weights.shape == (75, len(living["emotions"]))
+    sad, fear = living["emotions"].index("Sad"), living["emotions"].index("Fear")
+    assert np.allclose(weights[:, sad], 0.75) and np.allclose(weights[:, fear], 0.25)
+    emotions = {n: weights[:, i] for i, n in enumerate(living["emotions"])}
+    stored = layers_from_activity(activity, emotions, living["seed"])
+    direct = living_layers(clip.samples, 75, emotions, living["seed"])
+    assert np.abs(stored.eyelids - direct.eyelids).max() < 1e-3
+    assert np.abs(stored.eyes - direct.eyes).max() < 1e-3
+    assert np.abs(stored.neck - direct.neck).max() < 1e-3
+    worker.send(protocol.request("generate", "g2", audio=str(speech_wav), living=False,
+                                 condition={"emotion": "Sad"}))
+    assert "living" not in worker.until("result", "g2")[0]
+    worker.send(protocol.request("generate", "g3", audio=str(speech_wav), living="yes",
+                                 condition={"emotion": "Sad"}))
+    error = worker.until("error", None)[0]
+    assert error["id"] == "g3" and "'living' must be true or false" in error["message"]
+
+
 def test_failures_are_replies_not_dead_pipes(worker, tiny_bundle, tmp_path):
     worker.send("this is not json\n")
     assert "Not a JSON line" in worker.until("error")[0]["message"]

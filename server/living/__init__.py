@@ -20,12 +20,18 @@ from .blinks import Blink, BlinkTrack, blink_track
 from .eyelids import EyelidDirection, EyelidVertices, eyelid_direction, find_eyelids
 from .gaze import GazeTrack, gaze_track
 from .head import HeadMotion, head_motion
-from .layers import LivingLayers, emotion_weights, living_layers, seed_from_hash
+from .layers import (
+    LivingLayers,
+    emotion_weights,
+    layers_from_activity,
+    living_layers,
+    seed_from_hash,
+)
 from .speech import SpeechActivity, speech_activity
 
 __all__ = [
     "Blink", "BlinkTrack", "EyelidDirection", "EyelidVertices", "GazeTrack", "HeadMotion",
     "LivingLayers", "SpeechActivity", "blink_track", "emotion_weights", "eyelid_direction",
-    "find_eyelids", "gaze_track", "head_motion", "living_layers", "seed_from_hash",
-    "speech_activity",
+    "find_eyelids", "gaze_track", "head_motion", "layers_from_activity", "living_layers",
+    "seed_from_hash", "speech_activity",
 ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,13 +51,22 @@ def emotion_weights(condition: np.ndarray, emotions: Sequence[str]) -> dict[str,
 
 
 def living_layers(samples: np.ndarray, frames: int,
-                  emotions: dict[str, np.ndarray] | None = None, seed: int = 0, *,
-                  blink_rate: float = 1.0, blink_amount: float = 1.0,
-                  gaze_target: np.ndarray | None = None, aversion: float = 1.0,
-                  head_strength: float = 1.0) -> LivingLayers:
+                  emotions: dict[str, np.ndarray] | None = None, seed: int = 0, **controls: Any
+                  ) -> LivingLayers:
     """Blinks, gaze and head motion for a take of ``frames`` frames at 25 fps whose audio is
-    ``samples`` (16 kHz mono). Each layer draws from its own seed derived from ``seed``."""
-    activity = speech_activity(samples, frames)
+    ``samples`` (16 kHz mono); ``controls`` as for :func:`layers_from_activity`."""
+    return layers_from_activity(speech_activity(samples, frames), emotions, seed, **controls)
+
+
+def layers_from_activity(activity: SpeechActivity,
+                         emotions: dict[str, np.ndarray] | None = None, seed: int = 0, *,
+                         blink_rate: float = 1.0, blink_amount: float = 1.0,
+                         gaze_target: np.ndarray | None = None, aversion: float = 1.0,
+                         head_strength: float = 1.0) -> LivingLayers:
+    """The layers from a take's speech activity (what a take stores, so that they can be
+    recomputed with other controls without the audio). Each layer draws from its own seed
+    derived from ``seed``; ``gaze_target`` is the look-at direction in FLAME's frame ((3,) or
+    per frame (T, 3); default straight ahead)."""
     seeds = np.random.SeedSequence(seed).generate_state(3)
     blinks = blink_track(activity, emotions, int(seeds[0]), rate=blink_rate,
                          amount=blink_amount)

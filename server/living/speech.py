@@ -57,6 +57,49 @@ class SpeechActivity:
         """The envelope's rises (T,): its positive frame-to-frame increase, the syllable onsets."""
         return np.maximum(np.diff(self.envelope, prepend=self.envelope[:1]), 0.0)
 
+    def to_dict(self) -> dict[str, list]:
+        """Plain lists (JSON), for the worker's reply and a take stored in a .blend."""
+        return {"energy": np.round(self.energy, 3).tolist(),
+                "envelope": np.round(self.envelope, 5).tolist(),
+                "speaking": [int(v) for v in self.speaking],
+                "pitch": np.round(self.pitch, 2).tolist(),
+                "stresses": [int(v) for v in self.stresses],
+                "phrase_ends": [int(v) for v in self.phrase_ends],
+                "pauses": [[int(a), int(b)] for a, b in self.pauses]}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> SpeechActivity:
+        """The inverse of :meth:`to_dict`; ``ValueError`` naming the field when ``data`` is not
+        one (lengths that disagree, frame indices outside the take, non-finite numbers)."""
+        if not isinstance(data, dict):
+            raise ValueError("The speech activity is not a mapping.")
+        try:
+            energy = np.asarray(data["energy"], np.float64).ravel()
+            frames = len(energy)
+            arrays = {"energy": energy}
+            for name in ("envelope", "pitch", "speaking"):
+                arrays[name] = np.asarray(data[name], np.float64).ravel()
+            indices = {name: np.asarray(data[name], np.int64).ravel()
+                       for name in ("stresses", "phrase_ends")}
+            pauses = np.asarray(data["pauses"], np.int64).reshape(-1, 2)
+        except KeyError as exc:
+            raise ValueError(f"The speech activity lacks its '{exc.args[0]}' field.") from None
+        except (TypeError, ValueError, OverflowError):
+            raise ValueError("The speech activity holds something that is not a number.") \
+                from None
+        for name, values in arrays.items():
+            if len(values) != frames or not np.all(np.isfinite(values)):
+                raise ValueError(f"The speech activity's '{name}' does not have {frames} finite "
+                                 "values.")
+        for name, values in [*indices.items(), ("pauses", pauses.ravel())]:
+            if np.any(values < 0) or np.any(values > frames):
+                raise ValueError(f"The speech activity's '{name}' lies outside its {frames} "
+                                 "frames.")
+        return cls(energy=energy, envelope=arrays["envelope"],
+                   speaking=arrays["speaking"] > 0.5, pitch=arrays["pitch"],
+                   stresses=indices["stresses"], phrase_ends=indices["phrase_ends"],
+                   pauses=[(int(a), int(b)) for a, b in pauses])
+
 
 def _runs(mask: np.ndarray) -> list[tuple[int, int]]:
     """[start, end) runs of True in a boolean array."""

@@ -58,6 +58,7 @@ def test_keys_equal_worker_output_resampled_to_scene_frames(clean, addon, fixtur
     assert first == FRAME_START + TRIM
     assert generate(emotion="1") == {"FINISHED"}
     take = mesh.emote_takes[0]
+    take.living = False  # the model's own output (tests/blender/test_living.py: the layers)
     # The audio range the strip plays, in seconds of the file.
     start_s = TRIM / fps
     end_s = (end - FRAME_START) / fps
@@ -115,6 +116,7 @@ def test_evaluated_mesh_equals_flame_forward(clean, addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, fps=30)
     assert generate(emotion="6") == {"FINISHED"}
     take = mesh.emote_takes[0]
+    take.living = False  # the model's own output (tests/blender/test_living.py: the layers)
     motion = sys.modules["bl_ext.emote_test_repo.emote_lipsync.motion"]
     expression = np.asarray(take.shape_action["emote_expression"]).reshape(-1, 100)
     jaw = np.asarray(take.shape_action["emote_jaw"]).reshape(-1, 3)
@@ -241,6 +243,7 @@ def test_artist_controls_rewrite_keys(clean, addon, fixtures, tmp_path):
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
     assert generate() == {"FINISHED"}
     take = mesh.emote_takes[0]
+    take.living = False  # blinks would keep the expression keys from going flat
     key = mesh.data.shape_keys
     frames, base = fcurve_values(take.shape_action, key, 'key_blocks["Exp1"].value')
     take.offset = 5
