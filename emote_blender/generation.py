@@ -526,9 +526,13 @@ def head_geometry(target: rig.Rig) -> tuple[keys.HeadGeometry, list[str]]:
     mesh = target.mesh
     direction = mesh.get("emote_eyelid_direction")
     lips = mesh.get("emote_lip_closure")
+    correction = mesh.get("emote_eyelid_correction")
     geometry = keys.HeadGeometry(
         eyelid_direction=np.asarray(direction, np.float64) if direction else None,
         lip_closure=_lip_closure_from(lips) if lips else None)
+    if direction and correction and len(correction) == len(direction) ** 2:
+        geometry.eyelid_correction = np.asarray(correction, np.float64).reshape(
+            len(direction), len(direction))
     notes: list[str] = []
     if direction is not None:  # a head made here: what its FLAME file gave is all there is
         if not direction:
@@ -538,8 +542,9 @@ def head_geometry(target: rig.Rig) -> tuple[keys.HeadGeometry, list[str]]:
                                              and _closure_available()):
         from_file, problem = _geometry_from_flame_file(target)
         if from_file is not None:
-            geometry.eyelid_direction = geometry.eyelid_direction if \
-                geometry.eyelid_direction is not None else from_file.eyelid_direction
+            if geometry.eyelid_direction is None:
+                geometry.eyelid_direction = from_file.eyelid_direction
+                geometry.eyelid_correction = from_file.eyelid_correction
             geometry.lip_closure = geometry.lip_closure or from_file.lip_closure
         elif problem:
             notes.append(problem)
@@ -587,7 +592,9 @@ def _geometry_from_flame_file(target: rig.Rig) -> tuple[keys.HeadGeometry | None
                           "blinks or lip closure on this head.")
         geometry = keys.HeadGeometry()
         try:
-            geometry.eyelid_direction = np.asarray(eyelid_direction(flame).expression)
+            lids = eyelid_direction(flame)
+            geometry.eyelid_direction = np.asarray(lids.expression)
+            geometry.eyelid_correction = lids.correction
         except ValueError:
             pass
         if _closure_available():

@@ -72,6 +72,7 @@ class HeadGeometry:
     """What the living layers need of a head's FLAME geometry (None where it is not known)."""
 
     eyelid_direction: np.ndarray | None = None  # (E,) expression that closes the lids
+    eyelid_correction: np.ndarray | None = None  # (E, E): closing from a frame's expression
     lip_closure: Any | None = None  # server.living.closure.LipClosure
 
 
@@ -138,10 +139,14 @@ def _living_face(expression: np.ndarray, jaw: np.ndarray, living: motion.LivingL
                                      lip_closure)
     direction = geometry.eyelid_direction
     if direction is not None and np.any(living.eyelids):
+        from .server.living.eyelids import EyelidDirection
+
+        lids = EyelidDirection(expression=direction, lids=None, open_gap=0.0, closed_gap=0.0,
+                               mouth_motion=0.0, correction=geometry.eyelid_correction)
         width = max(expression.shape[1], len(direction))
         out = np.zeros((len(expression), width))
         out[:, :expression.shape[1]] = expression
-        out[:, :len(direction)] += living.eyelids[:, None] * direction[None, :]
+        out[:, :len(direction)] += lids.at(living.eyelids, expression)
         expression = out
     return expression, jaw
 

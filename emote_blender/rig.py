@@ -386,8 +386,9 @@ def store_head_geometry(mesh: Any, flame: Any) -> list[str]:
 
     notes = []
     try:
-        mesh["emote_eyelid_direction"] = np.asarray(eyelid_direction(flame).expression,
-                                                    np.float64).tolist()
+        lids = eyelid_direction(flame)
+        mesh["emote_eyelid_direction"] = np.asarray(lids.expression, np.float64).tolist()
+        mesh["emote_eyelid_correction"] = np.asarray(lids.correction, np.float64).ravel().tolist()
     except ValueError as exc:
         mesh["emote_eyelid_direction"] = []
         notes.append(f"No blinks on this head: {exc}")

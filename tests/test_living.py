@@ -121,6 +121,27 @@ def test_eyelid_direction_closes_the_demo_head_without_moving_the_mouth():
     assert direction.closed_gap < 0.1 * direction.open_gap
 
 
+def test_a_blink_closes_the_lids_from_whatever_the_expression_did_to_them():
+    """A squint or wide eyes from the model: the blink still makes the lids meet (without the
+    correction it overshoots or stops short by the expression's own lid motion)."""
+    from server.demo.head import EXPRESSIONS
+
+    head = build_demo_head()
+    direction = eyelid_direction(head.flame)
+    rest = head.flame.v_template
+    for name, amount in (("eye squint", 1.0), ("eye widen", 1.5), ("cheek raise", 1.0)):
+        expression = np.zeros((1, head.flame.n_expression))
+        expression[0, EXPRESSIONS.index(name)] = amount
+        moved = _closed(head.flame, expression[0])
+        assert abs(_gap(moved, direction.lids) - _gap(rest, direction.lids)) > 5e-4, name
+        closed = _closed(head.flame, expression[0] + direction.at(np.ones(1), expression)[0])
+        assert _gap(closed, direction.lids) < 0.1 * _gap(rest, direction.lids), name
+        uncorrected = _closed(head.flame, expression[0] + direction.at(np.ones(1))[0])
+        assert _gap(uncorrected, direction.lids) > _gap(closed, direction.lids), name
+        mouth = head.groups["lips"]
+        assert np.linalg.norm(closed[mouth] - moved[mouth], axis=1).max() < 1e-4, name
+
+
 def test_eyelid_direction_on_a_synthetic_flame_file():
     """The synthetic file's random basis cannot close its lids: every column moves the mouth
     (hundreds of mouth coordinates against 100 coefficients), and the direction says so instead

@@ -17,4 +17,5 @@ echo "  $out/demo.blend              the head with both takes (Happy baked to th
 echo "  $out/preview_happy.mp4       preview video with the sentence (Happy, strong)"
 echo "  $out/preview_sad.mp4         preview video with the sentence (Sad, mild)"
 echo "  $out/still_closed.png, $out/still_open.png   a closed mouth and an open vowel"
+echo "  $out/still_blink.png, $out/still_gaze.png    a blink's peak and the gaze turned aside"
 echo "  $out/curves.png              jaw opening and expression curves of both takes"

@@ -5,8 +5,11 @@
 It installs the extension from its zip, creates the built-in demo head, puts the shipped
 sentence in the Video Sequencer, generates two takes (Happy strong, Sad mild) with the built-in
 demo model through the add-on's own operators and worker, bakes the Happy take to the NLA,
-saves ``demo.blend``, renders a preview video of each take with the sentence as its sound, two
-stills (mouth closed, open vowel) and writes the takes' curves (``takes.npz``) for the plot.
+saves ``demo.blend``, renders a preview video of each take with the sentence as its sound, four
+stills (mouth closed, open vowel, a blink's peak, the gaze turned aside) and writes the takes'
+curves (``takes.npz``: expression, jaw and the living layers) for the plot. The takes carry the
+living face (blinks, gaze, head motion); where a take's first draw holds no full blink (a short
+line may not), the demo picks the first *Variation* that does.
 """
 
 from __future__ import annotations
@@ -110,6 +113,16 @@ def generate(scene: bpy.types.Scene, emotion: str, intensity: str) -> str:
     return emotion
 
 
+def living(take: object, frames: int) -> object:
+    """The take's living layers (blinks, gaze, head motion) as the add-on keys them."""
+    import json as json_module
+
+    addon = sys.modules[MODULE]
+    stored = json_module.loads(take.shape_action["emote_living"])
+    controls = addon.motion.LivingControls(seed=take.variation)
+    return addon.motion.living_layers(stored, controls, frames)
+
+
 def render_video(scene: bpy.types.Scene, path: Path) -> None:
     render = scene.render
     if hasattr(render.image_settings, "media_type"):  # Blender 5.0
@@ -168,11 +181,22 @@ def run() -> None:
     scene.emote.style = "0"  # the demo model's first style: moderate-neutral-brisk
     log("generating (the first take starts the worker and loads the demo model)")
     curves = {}
+    addon = sys.modules[MODULE]
     for emotion, intensity in TAKES:
         generate(scene, emotion, intensity)
         take = mesh.emote_takes[mesh.emote_active_take]
-        expression, jaw, _ = sys.modules[MODULE].keys.load_raw(take.shape_action)
+        expression, jaw, _ = addon.keys.load_raw(take.shape_action)
+        layers = living(take, len(expression))
+        if layers.eyelids.max() < 0.95:  # a short line may hold no blink: show one that does
+            for variation in range(1, 20):
+                take.variation = variation
+                layers = living(take, len(expression))
+                if layers.eyelids.max() >= 0.95:
+                    log(f"{take.name}: variation {variation} (the first draw with a blink)")
+                    break
         curves[f"{emotion}_expression"], curves[f"{emotion}_jaw"] = expression, jaw
+        curves[f"{emotion}_eyelids"], curves[f"{emotion}_neck"] = layers.eyelids, layers.neck
+        curves[f"{emotion}_eyes"] = layers.eyes
         curves[f"{emotion}_name"] = np.array(take.name)
     np.savez(OUT / "takes.npz", **curves)
     names = [t.name for t in mesh.emote_takes]
@@ -190,12 +214,21 @@ def run() -> None:
     first = strip.frame_final_start
     render_still(scene, first + closed, OUT / "still_closed.png")
     render_still(scene, first + open_frame, OUT / "still_open.png")
+    # The living face: a blink's peak, and the gaze furthest from straight ahead.
+    eyelids = curves[f"{TAKES[0][0]}_eyelids"]
+    blink = int(np.argmax(eyelids))
+    flame = importlib.import_module(MODULE + ".server.flame")
+    gaze = flame.axis_angle_to_matrix(curves[f"{TAKES[0][0]}_eyes"][:, 0])
+    aside = int(np.argmax(np.degrees(np.arccos(np.clip(gaze[:, 2, 2], -1, 1)))))
+    render_still(scene, first + blink, OUT / "still_blink.png")
+    render_still(scene, first + aside, OUT / "still_gaze.png")
     if bpy.ops.emote.bake() != {"FINISHED"}:
         raise SystemExit("Bake failed.")
     bpy.ops.wm.save_as_mainfile(filepath=str(OUT / "demo.blend"))
     (OUT / "demo.json").write_text(json.dumps({
         "takes": names, "baked": names[0], "frames": [scene.frame_start, scene.frame_end],
-        "still_frames": {"closed": int(first + closed), "open": int(first + open_frame)}},
+        "still_frames": {"closed": int(first + closed), "open": int(first + open_frame),
+                         "blink": int(first + blink), "gaze": int(first + aside)}},
         indent=1))
 
 

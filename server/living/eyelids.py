@@ -31,6 +31,10 @@ lids, so the direction is found from the file itself and works for any FLAME fil
    problem. A file whose basis cannot close its lids without moving the mouth still gets the
    best compromise, and :class:`EyelidDirection` says how far it got (``closed_gap`` against
    ``open_gap``, ``mouth_motion``).
+5. **Closing from any expression.** The solution is linear in the target: ``e = M·(l − u)``.
+   A frame whose own expression ψ already moved the lids (a squint narrows them, wide eyes
+   open them) closes with ``M·((l − u) − (U − L)·ψ) = e − C·ψ``, ``C = M·(U − L)``; so a blink
+   at closure c adds ``c·(e − C·ψ)`` and the lids meet instead of overshooting.
 """
 
 from __future__ import annotations
@@ -69,10 +73,20 @@ class EyelidDirection:
     open_gap: float  # metres: mean distance of the paired margin vertices at rest
     closed_gap: float  # the same with ``expression`` applied
     mouth_motion: float  # metres: the largest mouth-vertex displacement it causes
+    # (E, E): how a frame's own expression moves the closing coefficients, so that the lids
+    # close from wherever that expression put them (a squint, wide eyes) instead of overshooting
+    correction: np.ndarray | None = None
 
-    def at(self, closure: np.ndarray) -> np.ndarray:
-        """Per-frame expression offsets (T, E) for per-frame closure (T,)."""
-        return np.asarray(closure, np.float64)[:, None] * self.expression[None, :]
+    def at(self, closure: np.ndarray, expression: np.ndarray | None = None) -> np.ndarray:
+        """Per-frame expression offsets (T, E) for per-frame closure (T,); with the frames'
+        own ``expression`` (T, ≤E), offsets that close the lids from where it put them."""
+        closure = np.asarray(closure, np.float64)
+        offsets = np.broadcast_to(self.expression, (len(closure), len(self.expression)))
+        if expression is not None and self.correction is not None:
+            e = np.asarray(expression, np.float64)
+            n = min(e.shape[1], len(self.expression))
+            offsets = offsets - e[:, :n] @ self.correction[:, :n].T
+        return closure[:, None] * offsets
 
 
 def find_eyelids(flame: FlameData) -> EyelidVertices:
@@ -151,12 +165,17 @@ def eyelid_direction(flame: FlameData, lids: EyelidVertices | None = None,
     scale = np.mean(np.sum(a * a, axis=0)) or 1.0
     w = mouth_weight * len(lids.upper) / max(len(lids.mouth), 1)
     stacked = np.vstack([a, np.sqrt(w) * mouth, np.sqrt(ridge * scale) * np.eye(n_exp)])
-    target = np.concatenate([b, np.zeros(len(mouth) + n_exp)])
-    e = np.linalg.lstsq(stacked, target, rcond=None)[0]
+    # The solution is linear in the lid target b: e = M·b. A frame whose expression ψ already
+    # moved the lids needs M·(b − a·ψ) = e − (M·a)·ψ, hence the correction M·a.
+    rhs = np.zeros((len(stacked), len(b) + 1))
+    rhs[:len(b), 0] = b
+    rhs[:len(b), 1:] = np.eye(len(b))
+    solved = np.linalg.lstsq(stacked, rhs, rcond=None)[0]
+    e, correction = solved[:, 0], solved[:, 1:] @ a
     closed = v + np.einsum("vce,e->vc", basis, e)
     open_gap = float(np.linalg.norm(v[lids.upper] - v[lids.lower], axis=1).mean())
     closed_gap = float(np.linalg.norm(closed[lids.upper] - closed[lids.lower], axis=1).mean())
     motion = float(np.linalg.norm(closed[lids.mouth] - v[lids.mouth], axis=1).max()) \
         if len(lids.mouth) else 0.0
     return EyelidDirection(expression=e, lids=lids, open_gap=open_gap, closed_gap=closed_gap,
-                           mouth_motion=motion)
+                           mouth_motion=motion, correction=correction)

@@ -84,7 +84,9 @@ def test_the_evaluated_mesh_equals_flame_with_the_layers(clean, addon, fixtures,
     expression = np.asarray(take.shape_action["emote_expression"]).reshape(-1, 100)
     jaw = np.asarray(take.shape_action["emote_jaw"]).reshape(-1, 3)
     direction = np.asarray(mesh["emote_eyelid_direction"])
-    expression = expression + layers.eyelids[:, None] * direction[None, :100]
+    correction = np.asarray(mesh["emote_eyelid_correction"]).reshape(100, 100)
+    # A blink closes the lids from where the frame's own expression put them.
+    expression = expression + layers.eyelids[:, None] * (direction - expression @ correction.T)
     peak = int(np.argmax(layers.eyelids))
     first = strip.frame_final_start
     at_peak = round(strip.frame_start + (TRIM / 30 + peak / 25) * 30)  # a blink's peak
