@@ -211,30 +211,61 @@ class Generation:
     label_parts: tuple[str, str, int]
     condition: Any
     notes: list[str] = field(default_factory=list)
+    strip_id: str = ""  # the strip's lasting identity (STRIP_ID), kept on the take
+    line: int = 1  # its place in a dialogue batch
+    lines: int = 1
 
 
-_pending: Generation | None = None
+_pending: Generation | None = None  # the job the worker is on
+_queued: list[Generation] = []  # the rest of a dialogue batch, already sent, in order
+_batch_results: list[tuple[str, str]] = []
+
+STRIP_ID = "emote_strip_id"  # ID property: a strip's identity for its takes (names change)
 
 
 def pending() -> Generation | None:
     return _pending
 
 
+def queued() -> list[Generation]:
+    return list(_queued)
+
+
+def strip_identity(strip: Any) -> str:
+    """The strip's lasting identity (made on first use)."""
+    value = strip.get(STRIP_ID)
+    if not isinstance(value, str) or not value:
+        value = uuid.uuid4().hex
+        strip[STRIP_ID] = value
+    return value
+
+
 def _tag(owner: Any, token: str) -> None:
+    """Add ``token`` to the job tokens on ``owner`` (a head may have several lines queued)."""
     with contextlib.suppress(TypeError, AttributeError, RuntimeError):
-        owner[JOB_TAG] = token
+        if not hasattr(owner.get(JOB_TAG), "keys"):
+            owner[JOB_TAG] = {}
+        owner[JOB_TAG][token] = 1
+
+
+def _tagged(owner: Any, token: str) -> bool:
+    tags = owner.get(JOB_TAG)
+    return hasattr(tags, "keys") and token in tags.keys()
 
 
 def _untag(owner: Any, token: str) -> None:
     with contextlib.suppress(TypeError, AttributeError, RuntimeError, KeyError):
-        if owner.get(JOB_TAG) == token:
-            del owner[JOB_TAG]
+        tags = owner.get(JOB_TAG)
+        if hasattr(tags, "keys") and token in tags.keys():
+            del tags[token]
+            if not tags.keys():
+                del owner[JOB_TAG]
 
 
 def tagged_head(job: Generation) -> Any | None:
     """The job's head object wherever it is now and whatever it is called (a copy made during
     the job carries the token too: the one with the old name wins)."""
-    found = [obj for obj in bpy.data.objects if obj.get(JOB_TAG) == job.token]
+    found = [obj for obj in bpy.data.objects if _tagged(obj, job.token)]
     named = [obj for obj in found if obj.name == job.head_name]
     return (named or found or [None])[0]
 
@@ -243,7 +274,7 @@ def tagged_strip(job: Generation) -> tuple[Any, Any] | tuple[None, None]:
     """(scene, strip) of the job's sound strip, found by its token."""
     for scene in bpy.data.scenes:
         for strip in compat.all_strips(scene):
-            if strip.get(JOB_TAG) == job.token:
+            if _tagged(strip, job.token):
                 return scene, strip
     return None, None
 
@@ -251,51 +282,122 @@ def tagged_strip(job: Generation) -> tuple[Any, Any] | tuple[None, None]:
 def start_generation(context: Any) -> Generation:
     """Check every input, then queue the requests (the worker starts in the background); the
     scene is not touched until the result, except for the job's token on the head and strip."""
-    global _pending
-    if _pending is not None and _pending.job.done:
-        poll_generation()  # a finished job that no timer has applied yet goes first
-    if _pending is not None:
-        raise ValueError("A generation is already running; cancel it first.")
-    scene = context.scene
-    settings = scene.emote
+    _refuse_while_running()
+    settings = context.scene.emote
     mesh = settings.rig or rig.find_rig_object(context)
     if mesh is None:
         raise rig.RigError("No FLAME head found: select the head mesh (with Exp shape keys) or "
                            "its armature, or set Head in the panel.")
-    target = rig.describe_rig(mesh, exp_pattern=settings.exp_pattern)
-    rig.check_editable(target)
     strip = strips.find_sound_strip(context, settings.strip)
-    audio = strips.audio_request(compat.sequencer_scene(context), strip)
+    jobs = _queue_lines(context, [(strip, mesh)])
+    return jobs[0]
+
+
+def start_dialogue(context: Any) -> list[Generation]:
+    """Generate every selected sound strip in one batch, each on its character (see
+    :func:`strip_character`): one take per strip, queued on the worker in timeline order,
+    one progress bar and one Cancel for the batch."""
+    _refuse_while_running()
+    scene = compat.sequencer_scene(context)
+    selected = sorted((s for s in compat.all_strips(scene)
+                       if compat.is_sound_strip(s) and s.select),
+                      key=lambda s: (compat.strip_first_frame(s), s.channel))
+    if not selected:
+        raise strips.StripError("No sound strips are selected: select the dialogue's strips in "
+                                "the Video Sequencer.")
+    fallback = context.scene.emote.rig or rig.find_rig_object(context)
+    lines, unrouted = [], []
+    for strip in selected:
+        head = strip_character(context.scene, strip, fallback)
+        if head is None:
+            unrouted.append(strip.name)
+        else:
+            lines.append((strip, head))
+    if unrouted:
+        raise rig.RigError(f"No character for the strips {', '.join(unrouted)}: set each "
+                           "strip's Character, a character per channel, or name the strips "
+                           "after their characters.")
+    return _queue_lines(context, lines)
+
+
+def strip_character(scene: Any, strip: Any, fallback: Any = None) -> Any | None:
+    """The head a strip is spoken by: its own Character, else the character set for its
+    channel, else the head whose name starts the strip's name (the longest such, ignoring
+    case: "Alice_line03" → "Alice"), else ``fallback``."""
+    own = getattr(strip, "emote_character", None)
+    if own is not None:
+        return own
+    for entry in scene.emote.channel_characters:
+        if entry.channel == strip.channel and entry.character is not None:
+            return entry.character
+    name = strip.name.lower()
+    heads = [obj for obj in scene.objects if obj.type == "MESH" and (
+        rig.has_expression_keys(obj) or "emote_mapping" in obj)]
+    named = [obj for obj in heads if name.startswith(obj.name.lower())]
+    if named:
+        return max(named, key=lambda obj: len(obj.name))
+    return fallback
+
+
+def _refuse_while_running() -> None:
+    if _pending is not None and _pending.job.done:
+        poll_generation()  # a finished job that no timer has applied yet goes first
+    if _pending is not None:
+        raise ValueError("A generation is already running; cancel it first.")
+
+
+def _queue_lines(context: Any, lines: list[tuple[Any, Any]]) -> list[Generation]:
+    """Check every line's head and audio first (nothing is sent when one fails), then send
+    the load and every generate request."""
+    global _pending, _queued
+    scene = context.scene
+    settings = scene.emote
+    checked = []
     try:
+        for strip, mesh in lines:
+            target = rig.describe_rig(mesh, exp_pattern=settings.exp_pattern)
+            rig.check_editable(target)
+            audio = strips.audio_request(compat.sequencer_scene(context), strip)
+            checked.append((strip, mesh, target, audio))
         request = model_request(context)
-        condition: Any = animated_condition(scene, audio) if settings.animated else \
-            static_condition(settings)
         worker = client(context)
-        load_job = None
         key = (request["model"], request["assets"], request["device"])
+        load_job = None
         if worker.loaded_key != key or not worker.alive:
             load_job = worker.send(protocol.LOAD, timeout=GENERATE_TIMEOUT, **request)
-        job = worker.send(protocol.GENERATE, timeout=GENERATE_TIMEOUT, audio=audio.path,
-                          start=audio.start, end=audio.end, condition=condition)
+        jobs = []
+        for n, (strip, mesh, target, audio) in enumerate(checked, 1):
+            condition: Any = animated_condition(scene, audio) if settings.animated else \
+                static_condition(settings)
+            job = worker.send(protocol.GENERATE, timeout=GENERATE_TIMEOUT, audio=audio.path,
+                              start=audio.start, end=audio.end, condition=condition)
+            jobs.append(Generation(
+                job=job, load_job=load_job if n == 1 else None, load_key=key,
+                token=uuid.uuid4().hex, head_name=mesh.name, audio=audio,
+                exp_pattern=settings.exp_pattern, label_parts=label_parts(settings),
+                condition=condition, notes=list(target.notes),
+                strip_id=strip_identity(strip), line=n, lines=len(checked)))
     except BaseException:
-        audio.cleanup()  # a packed sound's copy never outlives a failed start
+        for _, _, _, audio in checked:
+            audio.cleanup()  # a packed sound's copy never outlives a failed start
         raise
-    token = uuid.uuid4().hex
-    _tag(mesh, token)
-    _tag(strip, token)
-    _pending = Generation(job=job, load_job=load_job, load_key=key, token=token,
-                          head_name=mesh.name, audio=audio, exp_pattern=settings.exp_pattern,
-                          label_parts=label_parts(settings), condition=condition,
-                          notes=list(target.notes))
+    for (strip, mesh, _, _), job in zip(checked, jobs, strict=True):
+        _tag(mesh, job.token)
+        _tag(strip, job.token)
+    _pending, _queued = jobs[0], jobs[1:]
+    _batch_results.clear()
     STATE.running, STATE.progress, STATE.status, STATE.level = True, 0.0, "Starting…", "INFO"
-    return _pending
+    return jobs
 
 
 def _end(job: Generation) -> None:
-    """Whatever the outcome: no temporary file, no token, no job left behind."""
+    """Whatever the outcome: no temporary file, no token, no job left behind; the batch's next
+    line becomes the pending job."""
     global _pending
+    if job in _queued:
+        _queued.remove(job)
     if _pending is job:
-        _pending = None
+        _pending = _queued.pop(0) if _queued else None
     job.audio.cleanup()
     worker = _client
     if worker is not None:
@@ -307,31 +409,35 @@ def _end(job: Generation) -> None:
     _, strip = tagged_strip(job)
     if strip is not None:
         _untag(strip, job.token)
-    STATE.running, STATE.progress = False, 0.0
+    if _pending is None:
+        STATE.running, STATE.progress = False, 0.0
 
 
 def cancel_generation() -> bool:
-    """Ask the worker to stop the running job (also while it is still starting); the job ends
-    as cancelled at the next poll. False when nothing runs."""
-    job = _pending
-    if job is None or _client is None:
+    """Ask the worker to stop the running job and the rest of its batch (also while it is
+    still starting); each ends as cancelled at the next poll, and the lines already applied
+    keep their takes. False when nothing runs."""
+    jobs = ([_pending] if _pending is not None else []) + _queued
+    if not jobs or _client is None:
         return False
-    for request in (job.job, job.load_job):
-        if request is not None:
-            _client.cancel(request)
+    for job in jobs:
+        for request in (job.job, job.load_job):
+            if request is not None:
+                _client.cancel(request)
     return True
 
 
 def drop_generation(message: str) -> None:
-    """Cancel the running job and forget it now (another file is being opened: its result
-    must not be applied to whatever that file holds)."""
-    job = _pending
-    if job is None:
+    """Cancel the running jobs and forget them now (another file is being opened: their
+    results must not be applied to whatever that file holds)."""
+    if _pending is None:
         return
     cancel_generation()
     if _client is not None:
         _client.drain()
-    _end(job)
+    for job in [_pending] + list(_queued):
+        if job is not None:
+            _end(job)
     if message:
         _finish("INFO", message)
 
@@ -351,11 +457,12 @@ def poll_generation() -> tuple[str, str] | None:
             worker.loaded_key = job.load_key
             MODEL_INFO.update(reply.get("info", {}))
     if not job.job.done:
-        STATE.progress = job.job.progress
+        STATE.progress = (job.line - 1 + job.job.progress) / job.lines
+        line = f"line {job.line}/{job.lines}: " if job.lines > 1 else ""
         if worker is not None and worker.starting:
             STATE.status = "Starting the worker…"
         else:
-            STATE.status = f"{job.job.stage or 'starting'} {job.job.progress:.0%}"
+            STATE.status = f"{line}{job.job.stage or 'starting'} {job.job.progress:.0%}"
         return None
     reply = job.job.reply or {}
     load_reply = job.load_job.reply if job.load_job is not None else None
@@ -378,6 +485,22 @@ def poll_generation() -> tuple[str, str] | None:
 
 
 def _finish(level: str, message: str) -> tuple[str, str]:
+    job = _pending
+    if job is not None and job.lines > 1:
+        _batch_results.append((level, message))
+        if job.line == job.lines or not _queued:
+            made = sum(1 for lvl, m in _batch_results if lvl == "INFO"
+                       and m.startswith("New take"))
+            failed = [m for lvl, m in _batch_results if lvl == "ERROR"]
+            cancelled = sum(1 for _, m in _batch_results if "cancelled" in m)
+            summary = f"Dialogue: {made} of {job.lines} lines made takes."
+            if cancelled:
+                summary += f" {cancelled} cancelled; the finished takes are kept."
+            if failed:
+                summary += f" {len(failed)} failed: {failed[0]}"
+            level = "ERROR" if failed else "INFO"
+            STATE.status, STATE.level = summary, level
+            return level, summary
     STATE.status, STATE.level = message, level
     return level, message
 
@@ -455,6 +578,7 @@ def apply_result(job: Generation, reply: dict[str, Any]) -> str:
         take.armature_action = armature_action
         _, strip = tagged_strip(job)
         take.strip_name = strip.name if strip is not None else job.audio.strip_name
+        take.strip_id = job.strip_id
         per_frame = any(isinstance(v, list) for v in job.condition.values())
         take.condition = json.dumps("per-frame" if per_frame else job.condition)
         keys.activate_take(target, take)
@@ -689,17 +813,50 @@ def active_take(context: Any) -> tuple[Any, rig.Rig, Any]:
     return mesh, target, mesh.emote_takes[index]
 
 
+def dialogue_takes(context: Any) -> list[tuple[Any, rig.Rig, Any]]:
+    """(head, rig, take) for every selected sound strip that has a take on its character:
+    the head's active take when it was made for that strip, else the strip's newest take."""
+    scene = compat.sequencer_scene(context)
+    selected = [s for s in compat.all_strips(scene) if compat.is_sound_strip(s) and s.select]
+    if not selected:
+        raise ValueError("No sound strips are selected.")
+    fallback = context.scene.emote.rig or rig.find_rig_object(context)
+    lines, missing = [], []
+    for strip in selected:
+        head = strip_character(context.scene, strip, fallback)
+        identity = strip.get(STRIP_ID)
+        made = [t for t in head.emote_takes if identity and t.strip_id == identity] \
+            if head is not None else []
+        if not made:
+            missing.append(strip.name)
+            continue
+        active = head.emote_takes[head.emote_active_take] \
+            if 0 <= head.emote_active_take < len(head.emote_takes) else None
+        take = active if active is not None and active in made else made[-1]
+        target = rig.describe_rig(head, exp_pattern=context.scene.emote.exp_pattern)
+        rig.check_editable(target)
+        lines.append((head, target, take))
+    if missing:
+        raise ValueError(f"The strips {', '.join(missing)} have no take yet: generate the "
+                         "dialogue first.")
+    return lines
+
+
 # -- the UI's clock ----------------------------------------------------------------------------
 
 def wait_for_generation(poll: float = 0.02) -> tuple[str, str]:
-    """Block until the running job is applied (scripts: ``generate(wait=True)``)."""
+    """Block until the running job, or every line of the batch, is applied (scripts:
+    ``generate(wait=True)``); returns the last line's (level, message), for a batch its
+    summary."""
+    last = None
     while True:
         result = poll_generation()
         if result is not None:
-            return result
+            last = result
         if _pending is None:
-            return "INFO", STATE.status or "Nothing is running."
-        time.sleep(poll)
+            return last or ("INFO", STATE.status or "Nothing is running.")
+        if result is None:
+            time.sleep(poll)
 
 
 def watch() -> None:
@@ -716,10 +873,10 @@ def _timer() -> float | None:
     level, message = result
     _redraw()
     print(f"EMOTE: {message}")
-    if level == "INFO" and message.startswith("New take"):
+    if level == "INFO" and (message.startswith("New take") or message.startswith("Dialogue")):
         with contextlib.suppress(RuntimeError):
             bpy.ops.ed.undo_push(message="EMOTE take")
-    return None
+    return 0.1 if _pending is not None else None
 
 
 def _redraw() -> None:

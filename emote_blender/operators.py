@@ -41,6 +41,73 @@ class EMOTE_OT_generate(bpy.types.Operator):
         return {"FINISHED"}
 
 
+class EMOTE_OT_generate_dialogue(bpy.types.Operator):
+    """Generate a take for every selected sound strip, each on its character (the strip's Character, the character of its channel, or the head its name starts with)"""  # noqa: E501
+
+    bl_idname = "emote.generate_dialogue"
+    bl_label = "Generate Dialogue"
+    bl_options = {"REGISTER", "UNDO"}
+
+    wait: BoolProperty(name="Wait", description="Block until every take is applied (scripts)",
+                       default=False, options={"SKIP_SAVE"})
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            jobs = generation.start_dialogue(context)
+        except (ValueError, WorkerError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if self.wait:
+            level, message = generation.wait_for_generation()
+            self.report({level}, message)
+            return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
+        generation.watch()
+        self.report({"INFO"}, f"Generating {len(jobs)} lines…")
+        return {"FINISHED"}
+
+
+class EMOTE_OT_bake_dialogue(bpy.types.Operator):
+    """Commit every selected strip's take to the timeline on its character (the active take when it belongs to the strip, else the strip's newest take)"""  # noqa: E501
+
+    bl_idname = "emote.bake_dialogue"
+    bl_label = "Bake Dialogue"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: Any) -> set[str]:
+        try:
+            lines = generation.dialogue_takes(context)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        into_actions = context.scene.emote.bake_mode != "NLA"
+        for mesh, target, take in lines:
+            if into_actions:
+                keys.bake_into_actions(mesh, target, take)
+            else:
+                keys.bake_to_nla(mesh, target, take)
+        self.report({"INFO"}, f"Baked {len(lines)} lines.")
+        return {"FINISHED"}
+
+
+class EMOTE_OT_channel_character(bpy.types.Operator):
+    """Add or remove a channel's character for dialogue routing"""
+
+    bl_idname = "emote.channel_character"
+    bl_label = "Channel Character"
+    bl_options = {"REGISTER", "UNDO"}
+
+    index: IntProperty(default=-1, options={"SKIP_SAVE"})  # -1: add one
+
+    def execute(self, context: Any) -> set[str]:
+        table = context.scene.emote.channel_characters
+        if self.index < 0:
+            used = {e.channel for e in table}
+            table.add().channel = next((c for c in range(1, 129) if c not in used), 128)
+        elif self.index < len(table):
+            table.remove(self.index)
+        return {"FINISHED"}
+
+
 class EMOTE_OT_cancel(bpy.types.Operator):
     """Cancel the running generation"""
 
@@ -176,5 +243,6 @@ class EMOTE_OT_check_worker(bpy.types.Operator):
         return {"FINISHED"} if level == "INFO" else {"CANCELLED"}
 
 
-CLASSES = (EMOTE_OT_generate, EMOTE_OT_cancel, EMOTE_OT_bake, EMOTE_OT_take_delete,
+CLASSES = (EMOTE_OT_generate, EMOTE_OT_generate_dialogue, EMOTE_OT_bake_dialogue,
+           EMOTE_OT_channel_character, EMOTE_OT_cancel, EMOTE_OT_bake, EMOTE_OT_take_delete,
            EMOTE_OT_create_flame_head, EMOTE_OT_check_worker)

@@ -46,6 +46,7 @@ def draw_emote(layout: Any, context: Any) -> None:
     col.prop(settings, "animated")
 
     state = generation.STATE  # the job's state is never saved with the file
+    _draw_dialogue(layout, context)
     if state.running:
         row = layout.row(align=True)
         if hasattr(row, "progress"):  # 4.0+
@@ -91,6 +92,28 @@ def draw_emote(layout: Any, context: Any) -> None:
     layout.separator()
     layout.prop(settings, "exp_pattern")
     layout.operator("emote.create_flame_head", icon="MESH_MONKEY")
+
+
+def _draw_dialogue(layout: Any, context: Any) -> None:
+    """Dialogue scenes: the active strip's character, characters by channel, batch buttons."""
+    scene = compat.sequencer_scene(context)
+    editor = scene.sequence_editor
+    active = editor.active_strip if editor is not None else None
+    box = layout.box()
+    box.label(text="Dialogue", icon="SEQ_STRIP_META")
+    if active is not None and compat.is_sound_strip(active):
+        box.prop(active, "emote_character", text=f"{active.name} by")
+    table = context.scene.emote.channel_characters
+    for i, entry in enumerate(table):
+        row = box.row(align=True)
+        row.prop(entry, "channel", text="Channel")
+        row.prop(entry, "character", text="")
+        row.operator("emote.channel_character", text="", icon="REMOVE").index = i
+    box.operator("emote.channel_character", text="Character per Channel", icon="ADD")
+    if not generation.STATE.running:
+        row = box.row(align=True)
+        row.operator("emote.generate_dialogue", icon="PLAY_SOUND")
+        row.operator("emote.bake_dialogue", icon="NLA")
 
 
 class _EmotePanel:

@@ -51,6 +51,8 @@ class EmoteTake(bpy.types.PropertyGroup):
     shape_action: PointerProperty(type=bpy.types.Action, name="Face Action")
     armature_action: PointerProperty(type=bpy.types.Action, name="Jaw Action")
     strip_name: StringProperty(name="Strip")
+    strip_id: StringProperty(name="Strip Identity",
+                             description="The sound strip it was made for (names change)")
     condition: StringProperty(name="Condition", description="The request's condition (JSON)")
     offset: FloatProperty(name="Offset", description="Shift the take in time (scene frames)",
                           default=0.0, soft_min=-50, soft_max=50, update=_reapply)
@@ -87,6 +89,14 @@ class EmoteTake(bpy.types.PropertyGroup):
                            "and head motion", default=0, min=0, update=_reapply)
 
 
+class EmoteChannelCharacter(bpy.types.PropertyGroup):
+    """Dialogue routing: the character that speaks the strips of one sequencer channel."""
+
+    channel: IntProperty(name="Channel", min=1, max=128, default=1)
+    character: PointerProperty(type=bpy.types.Object, name="Character",
+                               poll=lambda self, obj: obj.type == "MESH")
+
+
 class EmoteSettings(bpy.types.PropertyGroup):
     rig: PointerProperty(type=bpy.types.Object, name="Head",
                          description="FLAME head mesh (empty: from the selection)",
@@ -110,17 +120,28 @@ class EmoteSettings(bpy.types.PropertyGroup):
         ("NLA", "NLA Strips", "Push the take to NLA strips at the audio strip's position"),
         ("ACTION", "Into Current Action",
          "Write the take's keys into the current actions over its frame range")], default="NLA")
+    channel_characters: CollectionProperty(type=EmoteChannelCharacter,
+                                           name="Characters by Channel")
     # A job's running state, progress and status are not scene data (ID properties are saved
     # even with SKIP_SAVE): they live in generation.STATE.
 
 
-CLASSES = (EmoteTake, EmoteSettings)
+CLASSES = (EmoteTake, EmoteChannelCharacter, EmoteSettings)
+
+
+def strip_type() -> Any:
+    """Sound strips' RNA base (``Strip`` from 4.4/5.0, ``Sequence`` before)."""
+    return getattr(bpy.types, "Strip", None) or bpy.types.Sequence
 
 
 def register() -> None:
     for cls in CLASSES:
         bpy.utils.register_class(cls)
     bpy.types.Scene.emote = PointerProperty(type=EmoteSettings)
+    strip_type().emote_character = PointerProperty(
+        type=bpy.types.Object, name="Character", poll=lambda self, obj: obj.type == "MESH",
+        description="The head that speaks this strip in a dialogue (empty: by channel or "
+                    "name)")
     # Overridable, so takes made on a library-overridden rig are saved with the override.
     overridable = {"LIBRARY_OVERRIDABLE"}
     bpy.types.Object.emote_takes = CollectionProperty(
@@ -137,6 +158,7 @@ def unregister() -> None:
     for name in ("emote_original_armature_action", "emote_original_shape_action",
                  "emote_active_take", "emote_takes"):
         delattr(bpy.types.Object, name)
+    del strip_type().emote_character
     del bpy.types.Scene.emote
     for cls in reversed(CLASSES):
         bpy.utils.unregister_class(cls)

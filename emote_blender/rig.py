@@ -109,6 +109,11 @@ def _armature_of(mesh: Any) -> Any | None:
     return None
 
 
+def has_expression_keys(obj: Any) -> bool:
+    """Whether ``obj`` carries FLAME expression shape keys (Exp1… or Exp000…)."""
+    return _has_expression_keys(obj)
+
+
 def _has_expression_keys(obj: Any) -> bool:
     keys = getattr(getattr(obj, "data", None), "shape_keys", None)
     return bool(keys) and detect_convention([k.name for k in keys.key_blocks]) is not None

@@ -128,5 +128,6 @@ def clean(addon):
     settings.strip = ""
     settings.emotion, settings.intensity, settings.second_emotion = "1", "2", "-1"
     settings.mix, settings.animated, settings.exp_pattern = 0.0, False, ""
+    settings.channel_characters.clear()
     settings.bake_mode = "NLA"
     return scene

@@ -74,6 +74,44 @@ def add_strip(scene, wav: Path, fps: int = 25, start: int = 37, trim: int = 8,
     return strips["dialogue"]
 
 
+STRIPS_SCRIPT = """
+import bpy, json, sys
+specs, out = json.loads(sys.argv[-2]), sys.argv[-1]
+scene = bpy.context.scene
+scene.render.fps, scene.render.fps_base = 25, 1.0
+editor = scene.sequence_editor_create()
+strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+for name, wav, channel, start in specs:
+    strips.new_sound(name, wav, channel, start).select = True
+bpy.ops.wm.save_as_mainfile(filepath=out)
+"""
+
+
+def add_strips(scene, specs: list[tuple[str, Path, int, int]], tmp: Path) -> dict:
+    """Sound strips (name, wav, channel, start frame), all selected, at 25 fps; returns them
+    by name (possibly in a newly opened file, as :func:`add_strip`)."""
+    if has_audio():
+        scene.render.fps, scene.render.fps_base = 25, 1.0
+        editor = scene.sequence_editor_create()
+        strips = editor.strips if hasattr(editor, "strips") else editor.sequences
+        for name, wav, channel, start in specs:
+            strips.new_sound(name, str(wav), channel, start).select = True
+    else:
+        import json
+
+        out = tmp / "dialogue.blend"
+        python = next(ROOT / v / "bin" / "python" for v in (".venv-bpy45", ".venv-bpy50")
+                      if (ROOT / v / "bin" / "python").is_file())
+        subprocess.run([str(python), "-c", STRIPS_SCRIPT,
+                        json.dumps([(n, str(w), c, f) for n, w, c, f in specs]), str(out)],
+                       check=True, capture_output=True)
+        bpy.ops.wm.open_mainfile(filepath=str(out))
+        scene = bpy.context.scene
+    editor = scene.sequence_editor
+    strips = editor.strips_all if hasattr(editor, "strips_all") else editor.sequences_all
+    return {name: strips[name] for name, *_ in specs}
+
+
 def python_of_worker() -> str:
     return str(ROOT / ".venv" / "bin" / "python")
 
