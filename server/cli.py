@@ -58,7 +58,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="leave out the living layers: without it the take also holds eyes "
                           "(T,2,3: axis-angle of the FLAME left and right eye joints), neck "
                           "(T,3: axis-angle of the FLAME neck joint) and eyelids (T: closure, "
-                          "0 open to 1 closed), from blink, gaze and head-motion models")
+                          "0 open to 1 closed), from blink, gaze and head-motion models, and "
+                          "the lip closure of --lip-closure")
+    gen.add_argument("--lip-closure", type=float, default=1.0, metavar="AMOUNT",
+                     help="shut the lips at the p, b and m a detector finds in the audio, from 0 "
+                          "(off) to 1 (fully shut; the default), with the living layers: the "
+                          "take's expression and jaw are changed there and it also holds "
+                          "closure (T: 0 open to 1 shut, where the lips were shut). Needs the "
+                          "head's geometry: the --flame file, the model's own head, or for the "
+                          "built-in demo model the demo head; without it only the closure "
+                          "field is written")
     gen.add_argument("--seed", type=int,
                      help="seed of the blink, gaze and head layers (default: from the audio's "
                           "content, so the same audio gives the same layers)")
@@ -256,6 +265,9 @@ def _generate(args: argparse.Namespace) -> int:
     from .output import check_output_file, check_output_folder, check_take_finite
 
     check_range_numbers(args.start, args.end)
+    if not 0.0 <= args.lip_closure <= 1.0:  # also refuses nan
+        raise UsageError(f"--lip-closure must be from 0 (off) to 1 (fully shut), got "
+                         f"{args.lip_closure}.")
     wants_folder = args.output.endswith(("/", os.sep))
     args.output = Path(args.output)
     inputs = _audio_inputs(args.audio)
@@ -289,6 +301,9 @@ def _generate(args: argparse.Namespace) -> int:
     if flame is not None and flame.n_expression < loaded.config.n_expression:
         print(f"warning: the FLAME file has {flame.n_expression} expression components; the "
               f"model's first {flame.n_expression} are used for vertices", file=sys.stderr)
+    lip_closure = None
+    if not args.no_extras and args.lip_closure > 0:
+        lip_closure = _lip_closure(loaded, flame)
     suffix = "." + (args.format or "npz")
     jobs = [(audio, cond, args.output / f"{audio.stem}_{name}{suffix}" if batch else args.output)
             for audio in inputs for name, cond in conditions]
@@ -308,6 +323,9 @@ def _generate(args: argparse.Namespace) -> int:
             check_take_finite(take)
             extras = None if args.no_extras else _living_fields(
                 clip, take, loaded.config.emotions, args.seed)
+            if extras is not None and args.lip_closure > 0:
+                take, extras["closure"] = _close_lips(clip, take, lip_closure,
+                                                      args.lip_closure)
             _write(out, take, flame, extras)
             if not batch:
                 print(f"wrote {out} ({take.frames} frames at {take.fps} fps, {take.label})")
@@ -346,6 +364,52 @@ def _living_fields(clip: Any, take: Any, emotions: Any, seed: int | None) -> dic
     layers = living_layers(clip.samples, take.frames,
                            emotion_weights(take.condition, list(emotions)), seed)
     return layers.fields()
+
+
+def _lip_closure(loaded: Any, flame: Any) -> Any:
+    """The lip-closing operator (server/living/closure.py) of the head the take is for: the
+    --flame file, the model bundle's own head, or the demo head for the built-in demo model;
+    None, after one note, when there is no geometry or its lips cannot be found."""
+    from .builtin import DEMO_MODEL_DIR
+    from .living.closure import lip_closure
+
+    source = "the FLAME file"
+    if flame is None and loaded.flame_path is not None:
+        from .flame import load_flame_file
+
+        flame, source = load_flame_file(loaded.flame_path), f"'{loaded.flame_path}'"
+    if flame is None and Path(loaded.source).resolve() == DEMO_MODEL_DIR.resolve():
+        from .demo.head import build_demo_head
+
+        flame, source = build_demo_head().flame, "the demo head"
+    if flame is None:
+        print("note: the lips were not shut at p, b and m: no head geometry is known (give "
+              "--flame); the take's closure field says where they would shut", file=sys.stderr)
+        return None
+    try:
+        return lip_closure(flame)
+    except ValueError as exc:
+        print(f"note: the lips were not shut at p, b and m: {source}: {exc} The take's closure "
+              "field says where they would shut.", file=sys.stderr)
+        return None
+
+
+def _close_lips(clip: Any, take: Any, closure: Any, amount: float) -> tuple[Any, Any]:
+    """The take with its lips shut at the detected p, b and m (when ``closure`` is known)
+    and the closure track (T,)."""
+    import dataclasses
+
+    import numpy as np
+
+    from .living.closure import close_lips, closure_weights
+
+    weights = closure_weights(clip.samples, take.frames)
+    if closure is None:
+        return take, weights
+    n = min(closure.n_expression, take.expression.shape[1])
+    expression, jaw = close_lips(take.expression[:, :n], take.jaw, weights, closure, amount)
+    expression = np.concatenate([expression, take.expression[:, n:]], axis=1)
+    return dataclasses.replace(take, expression=expression, jaw=jaw), weights
 
 
 def _write(out: Path, take: Any, flame: Any, extras: dict[str, Any] | None = None) -> None:

@@ -189,3 +189,77 @@ def test_a_condition_file_of_random_bytes_is_not_a_npy_file(tmp_path, tiny_bundl
                         "-o", out)
     _one_error(result, "is not a .npy file")
     assert not out.exists()
+
+
+# -- lip closure (--lip-closure) ------------------------------------------------------------------
+
+def test_lip_closure_shuts_the_demo_heads_lips_at_p_b_m(tmp_path):
+    """The built-in demo model on the shipped held-out sentence: the take holds ``closure`` and
+    its lips are shut at the p, b and m the detector found; --lip-closure 0 is the raw take."""
+    from server.demo.head import build_demo_head
+    from server.flame import flame_vertices
+    from tests.builders import ROOT
+
+    sentence = ROOT / "server" / "demo" / "sentence.wav"
+    shut, raw = tmp_path / "shut.npz", tmp_path / "raw.npz"
+    result = run_server("generate", sentence, "--seed", "1", "-o", shut)
+    assert result.returncode == 0, result.stderr
+    assert "not shut" not in result.stderr
+    assert run_server("generate", sentence, "--seed", "1", "--lip-closure", "0",
+                      "-o", raw).returncode == 0
+    shut, raw = np.load(shut), np.load(raw)
+    assert "closure" not in raw.files
+    closure = shut["closure"]
+    assert closure.shape == (shut["expression"].shape[0],)
+    np.testing.assert_array_equal(shut["eyelids"], raw["eyelids"])  # the other layers stay
+    head = build_demo_head()
+    upper, lower = head.groups["upper_lip_line"], head.groups["lower_lip_line"]
+
+    def gap(take, frames):
+        vertices = flame_vertices(head.flame, take["expression"][frames], take["jaw"][frames])
+        return np.linalg.norm(vertices[:, upper] - vertices[:, lower], axis=-1).mean(axis=1)
+
+    full = np.flatnonzero(closure == 1)
+    still = np.flatnonzero(closure == 0)
+    assert len(full) >= 5 and len(still) > 50
+    assert np.all(gap(shut, full) < 0.2 * np.maximum(gap(raw, full), 1e-3))
+    np.testing.assert_array_equal(shut["expression"][still], raw["expression"][still])
+    np.testing.assert_array_equal(shut["jaw"][still], raw["jaw"][still])
+
+
+def test_lip_closure_without_geometry_writes_the_track_and_says_so(tmp_path, tiny_bundle,
+                                                                  speech_wav, flame_files):
+    plain, off = tmp_path / "plain.npz", tmp_path / "off.npz"
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "-o", plain)
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.count("note: the lips were not shut") == 1
+    assert "--flame" in result.stderr
+    assert run_server("generate", speech_wav, "--model", tiny_bundle, "--lip-closure", "0",
+                      "-o", off).returncode == 0
+    plain, off = np.load(plain), np.load(off)
+    assert plain["closure"].shape == (plain["expression"].shape[0],)
+    np.testing.assert_array_equal(plain["expression"], off["expression"])
+    # A FLAME file without a mouth (the test ellipsoid): the same, with the reason.
+    no_mouth = tmp_path / "no_mouth.npz"
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "--flame",
+                        flame_files["legacy"], "-o", no_mouth)
+    assert result.returncode == 0, result.stderr
+    assert "No inner-lip vertices" in result.stderr
+    assert "closure" in np.load(no_mouth).files
+
+
+@pytest.mark.parametrize("amount", ["1.5", "-0.1", "nan"])
+def test_lip_closure_outside_0_to_1_is_one_sentence(tmp_path, tiny_bundle, speech_wav, amount):
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, "--lip-closure",
+                        amount, "-o", tmp_path / "take.npz")
+    assert result.returncode == 2
+    assert "--lip-closure must be from 0 (off) to 1" in result.stderr
+    assert not (tmp_path / "take.npz").exists()
+
+
+def test_no_extras_leaves_out_the_closure_track(tmp_path, tiny_bundle, speech_wav):
+    out = tmp_path / "take.npz"
+    assert run_server("generate", speech_wav, "--model", tiny_bundle, "--no-extras",
+                      "-o", out).returncode == 0
+    assert "closure" not in np.load(out).files
+    assert "--lip-closure" in run_server("generate", "--help").stdout
