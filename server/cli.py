@@ -68,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
                           "head's geometry: the --flame file, the model's own head, or for the "
                           "built-in demo model the demo head; without it only the closure "
                           "field is written")
+    gen.add_argument("--arkit-csv", type=Path, metavar="OUT.csv",
+                     help="also write the take's per-frame ARKit-52 weights (jaw included) "
+                          "with the head and eye angles in Live Link Face's CSV layout, which "
+                          "Unreal imports; with several takes a folder, one <take>.csv each. "
+                          "Measured on the head's geometry (the --flame file, the model's own "
+                          "head, or the demo head; see server/export/flame_arkit.py)")
     gen.add_argument("--seed", type=int,
                      help="seed of the blink, gaze and head layers (default: from the audio's "
                           "content, so the same audio gives the same layers)")
@@ -286,6 +292,11 @@ def _generate(args: argparse.Namespace) -> int:
         check_output_folder(args.output)
     else:
         check_output_file(args.output, inputs)
+    if args.arkit_csv is not None and not batch:
+        _check_arkit_csv(args.arkit_csv, args, inputs)
+    if args.arkit_csv is not None and batch and args.arkit_csv.suffix.lower() == ".csv":
+        raise UsageError(f"With several takes --arkit-csv is a folder (one <take>.csv each), "
+                         f"not '{args.arkit_csv}'.")
     clips = {} if batch else {
         inputs[0]: load_audio(inputs[0], args.start, args.end, args.allow_low_rate)}
     flame = None
@@ -301,9 +312,13 @@ def _generate(args: argparse.Namespace) -> int:
     if flame is not None and flame.n_expression < loaded.config.n_expression:
         print(f"warning: the FLAME file has {flame.n_expression} expression components; the "
               f"model's first {flame.n_expression} are used for vertices", file=sys.stderr)
+    wants_closure = not args.no_extras and args.lip_closure > 0
+    head, head_source = (_head_geometry(loaded, flame) if wants_closure or args.arkit_csv
+                         else (None, ""))
     lip_closure = None
-    if not args.no_extras and args.lip_closure > 0:
-        lip_closure = _lip_closure(loaded, flame)
+    if wants_closure:
+        lip_closure = _lip_closure(head, head_source)
+    arkit = None if args.arkit_csv is None else _arkit_points(head, head_source)
     suffix = "." + (args.format or "npz")
     jobs = [(audio, cond, args.output / f"{audio.stem}_{name}{suffix}" if batch else args.output)
             for audio in inputs for name, cond in conditions]
@@ -311,6 +326,8 @@ def _generate(args: argparse.Namespace) -> int:
         _check_distinct_outputs(jobs)
         for _, _, out in jobs:
             check_output_file(out, inputs)
+            if args.arkit_csv is not None:
+                _check_arkit_csv(args.arkit_csv / f"{out.stem}.csv", args, inputs)
     failures = 0
     progress = _progress_bar(len(jobs)) if batch else None
     for audio, condition, out in jobs:
@@ -323,12 +340,16 @@ def _generate(args: argparse.Namespace) -> int:
             check_take_finite(take)
             extras = None if args.no_extras else _living_fields(
                 clip, take, loaded.config.emotions, args.seed)
+            model_jaw = take.jaw  # before the lip closure, for the ARKit export
             if extras is not None and args.lip_closure > 0:
                 take, extras["closure"] = _close_lips(clip, take, lip_closure,
                                                       args.lip_closure)
             _write(out, take, flame, extras)
             if not batch:
                 print(f"wrote {out} ({take.frames} frames at {take.fps} fps, {take.label})")
+            if arkit is not None:
+                csv = args.arkit_csv / f"{out.stem}.csv" if batch else args.arkit_csv
+                _write_arkit_csv(csv, take, extras, model_jaw, arkit, inputs, quiet=batch)
         except ValueError as exc:
             if not batch:
                 raise
@@ -366,22 +387,30 @@ def _living_fields(clip: Any, take: Any, emotions: Any, seed: int | None) -> dic
     return layers.fields()
 
 
-def _lip_closure(loaded: Any, flame: Any) -> Any:
-    """The lip-closing operator (server/living/closure.py) of the head the take is for: the
-    --flame file, the model bundle's own head, or the demo head for the built-in demo model;
-    None, after one note, when there is no geometry or its lips cannot be found."""
+def _head_geometry(loaded: Any, flame: Any) -> tuple[Any, str]:
+    """The head the takes are for and what it is: the --flame file, the model bundle's own
+    head, or the demo head for the built-in demo model; (None, "") when none is known."""
     from .builtin import DEMO_MODEL_DIR
-    from .living.closure import lip_closure
 
-    source = "the FLAME file"
-    if flame is None and loaded.flame_path is not None:
+    if flame is not None:
+        return flame, "the FLAME file"
+    if loaded.flame_path is not None:
         from .flame import load_flame_file
 
-        flame, source = load_flame_file(loaded.flame_path), f"'{loaded.flame_path}'"
-    if flame is None and Path(loaded.source).resolve() == DEMO_MODEL_DIR.resolve():
+        return load_flame_file(loaded.flame_path), f"'{loaded.flame_path}'"
+    if Path(loaded.source).resolve() == DEMO_MODEL_DIR.resolve():
         from .demo.head import build_demo_head
 
-        flame, source = build_demo_head().flame, "the demo head"
+        return build_demo_head().flame, "the demo head"
+    return None, ""
+
+
+def _lip_closure(flame: Any, source: str) -> Any:
+    """The lip-closing operator (server/living/closure.py) of the head the take is for
+    (:func:`_head_geometry`); None, after one note, when there is no geometry or its lips
+    cannot be found."""
+    from .living.closure import lip_closure
+
     if flame is None:
         print("note: the lips were not shut at p, b and m: no head geometry is known (give "
               "--flame); the take's closure field says where they would shut", file=sys.stderr)
@@ -410,6 +439,49 @@ def _close_lips(clip: Any, take: Any, closure: Any, amount: float) -> tuple[Any,
     expression, jaw = close_lips(take.expression[:, :n], take.jaw, weights, closure, amount)
     expression = np.concatenate([expression, take.expression[:, n:]], axis=1)
     return dataclasses.replace(take, expression=expression, jaw=jaw), weights
+
+
+def _check_arkit_csv(path: Path, args: argparse.Namespace, inputs: list[Path]) -> None:
+    """Refuse, before the model runs, an --arkit-csv that would replace an input or a file
+    that is not a Live Link CSV."""
+    from .export.livelink import check_csv_output
+
+    others = [*inputs, args.output, *(p for p in (args.flame,) if p is not None)]
+    check_csv_output(path, others)
+
+
+def _arkit_points(flame: Any, source: str) -> Any:
+    """(FLAME data, landmarks) the ARKit approximation measures on; a sentence when the
+    head's geometry is unknown or its landmarks cannot be found."""
+    from .export.flame_arkit import find_face_points
+
+    if flame is None:
+        raise UsageError("--arkit-csv measures the ARKit weights on the head's geometry, and "
+                         "none is known for this model: give --flame FILE.")
+    try:
+        return flame, find_face_points(flame)
+    except ValueError as exc:
+        raise UsageError(f"--arkit-csv: {source}: {exc}") from None
+
+
+def _write_arkit_csv(path: Path, take: Any, extras: dict[str, Any] | None, model_jaw: Any,
+                     arkit: Any, inputs: list[Path], quiet: bool = False) -> None:
+    """The take's ARKit-52 approximation (server/export/flame_arkit.py) as a Live Link CSV."""
+    from .export.flame_arkit import approximate_arkit
+    from .export.livelink import write_livelink_csv
+
+    flame, points = arkit
+    extras = extras or {}
+    result = approximate_arkit(flame, take.expression, take.jaw, eyelids=extras.get("eyelids"),
+                               eyes=extras.get("eyes"), neck=extras.get("neck"),
+                               model_jaw=model_jaw, points=points)
+    written = write_livelink_csv(path, result.weights, take.fps, head=result.head,
+                                 eyes=result.eyes, inputs=inputs)
+    if not quiet:
+        print(f"wrote {written.path} (ARKit-52 approximation, {written.frames} frames; "
+              f"not measured: {', '.join(result.unmeasured)})")
+        for note in result.notes + written.notes:
+            print(f"note: {note}", file=sys.stderr)
 
 
 def _write(out: Path, take: Any, flame: Any, extras: dict[str, Any] | None = None) -> None:
