@@ -55,7 +55,8 @@ Replies (worker → client)
                  instead of the arrays when the request named one); living: what the take's
                  living-face layers are computed from without the audio (server/living):
                  {activity: the speech activity (SpeechActivity.to_dict), seed: from the
-                 audio's content, emotions: [names], emotion_weights: [[floats]*T]}
+                 audio's content, emotions: [names], emotion_weights: [[floats]*T],
+                 closure: [T floats]: where the lips shut on p/b/m, 0..1}
   ``cancelled`` {id}
   ``error``     {id?, message}                      message: one sentence for the user
   ``bye``       {reason}                            "shutdown" | "stdin closed" | "idle"

@@ -220,16 +220,18 @@ class Worker:
 
 
 def living_data(clip: Any, take: Any, emotions: Any) -> dict[str, Any]:
-    """What the add-on computes a take's living layers from (blinks, gaze, head motion) with
-    its own controls, without the audio: the speech activity, the seed and the per-frame
-    emotion weights (see :mod:`server.living`)."""
+    """What the add-on computes a take's living layers from (blinks, gaze, head motion, lip
+    closure) with its own controls, without the audio: the speech activity, the seed, the
+    per-frame emotion weights and the p/b/m closure weights (see :mod:`server.living`)."""
     from .living import seed_from_hash, speech_activity
+    from .living.closure import closure_weights
 
     names = list(emotions)
     weights = np.asarray(take.condition, np.float64)[:, :len(names)]
     return {"activity": speech_activity(clip.samples, take.frames).to_dict(),
             "seed": seed_from_hash(clip.content_hash()), "emotions": names,
-            "emotion_weights": np.round(weights, 5).tolist()}
+            "emotion_weights": np.round(weights, 5).tolist(),
+            "closure": np.round(closure_weights(clip.samples, take.frames), 4).tolist()}
 
 
 def _rows(array: np.ndarray) -> list[list[float]]:

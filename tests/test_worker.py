@@ -124,6 +124,8 @@ def test_a_result_carries_what_the_living_layers_need(worker, tiny_bundle, speec
     assert weights.shape == (75, len(living["emotions"]))
     sad, fear = living["emotions"].index("Sad"), living["emotions"].index("Fear")
     assert np.allclose(weights[:, sad], 0.75) and np.allclose(weights[:, fear], 0.25)
+    closure = np.array(living["closure"])
+    assert closure.shape == (75,) and closure.min() >= 0 and closure.max() <= 1
     emotions = {n: weights[:, i] for i, n in enumerate(living["emotions"])}
     stored = layers_from_activity(activity, emotions, living["seed"])
     direct = living_layers(clip.samples, 75, emotions, living["seed"])

@@ -312,8 +312,10 @@ def build_demo_head() -> DemoHead:
 
 def _skinning(v: np.ndarray, upper_side: np.ndarray, groups: dict[str, np.ndarray],
               cavity_jaw: np.ndarray) -> np.ndarray:
-    """Skinning weights (V, 5): the jaw carries the lower face and the cavity floor, the neck
-    the neck, the eyes their eyeballs, the root the rest."""
+    """Skinning weights (V, 5), as FLAME's: the jaw carries the lower face and the cavity
+    floor, the eyes their eyeballs, the neck joint the rest of the head (it is the head's
+    rotation, parent of the jaw and the eyes), and the root the base of the neck, where it
+    meets the body."""
     n = len(v)
     weights = np.zeros((n, 5))
     x, y, z = v.T
@@ -329,14 +331,14 @@ def _skinning(v: np.ndarray, upper_side: np.ndarray, groups: dict[str, np.ndarra
     corner = np.exp(-0.5 * (((np.abs(x) - MOUTH_HALF_WIDTH) / 0.006) ** 2
                             + ((y - MOUTH_Y) / 0.005) ** 2))
     jaw = np.where(np.abs(x) > MOUTH_HALF_WIDTH - 0.004, np.minimum(jaw, 1 - 0.5 * corner), jaw)
-    neck = _smoothstep(-y, 0.12, 0.16)
+    neck_base = _smoothstep(-y, 0.12, 0.16)
     weights[:, 2] = jaw
-    weights[:, 1] = neck * (1 - jaw)
-    weights[:, 0] = 1 - weights[:, 1] - weights[:, 2]
+    weights[:, 0] = neck_base * (1 - jaw)
+    weights[:, 1] = 1 - weights[:, 0] - weights[:, 2]
     cavity = groups["mouth_cavity"]
     weights[cavity] = 0
     weights[cavity, 2] = cavity_jaw
-    weights[cavity, 0] = 1 - cavity_jaw
+    weights[cavity, 1] = 1 - cavity_jaw
     for joint, name in ((3, "left_eye"), (4, "right_eye")):
         weights[groups[name]] = 0
         weights[groups[name], joint] = 1

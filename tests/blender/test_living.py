@@ -171,3 +171,44 @@ def test_the_eyes_look_at_the_chosen_object(clean, addon, fixtures, tmp_path):
     wanted = offset / np.linalg.norm(offset)
     error = np.degrees(np.arccos(np.clip(looking @ wanted, -1, 1)))
     assert np.median(error) < 2.0, error
+
+
+def test_lip_closure_shuts_the_lips_on_p_b_and_m(clean, addon, tmp_path):
+    """The demo head and model on the shipped sentence ("Peter's mother made …"): at the
+    frames the detector marks, the evaluated inner lips meet with Lip Closure on and part
+    without it; the head made here carries the closing operator."""
+    prefs = bpy.context.preferences.addons[addon.__name__].preferences
+    saved = prefs.model_kind, prefs.flame_path
+    prefs.property_unset("model_kind")
+    prefs.flame_path = ""
+    try:
+        strip = add_strip(bpy.context.scene, ROOT / "server" / "demo" / "sentence.wav",
+                          start=1, trim=0, tmp=tmp_path)
+        assert bpy.ops.emote.create_flame_head() == {"FINISHED"}
+        mesh = bpy.context.view_layer.objects.active
+        assert len(mesh["emote_lip_closure"]) > 0
+        assert generate(emotion="1", intensity="1") == {"FINISHED"}
+    finally:
+        prefs.model_kind, prefs.flame_path = saved
+    take = mesh.emote_takes[0]
+    living = json.loads(take.shape_action["emote_living"])
+    closure = np.asarray(living["closure"])
+    shut = np.flatnonzero(closure >= 0.99)
+    assert len(shut) >= 3  # p, m, m, b, pp … in this sentence
+    flame = addon_module("server.demo.head").build_demo_head().flame
+    lips = addon_module("server.living.closure").find_lips(flame)
+    fps = bpy.context.scene.render.fps
+
+    def gaps(amount):
+        take.lip_closure = amount
+        out = []
+        for t in shut:
+            v = evaluated_vertices(mesh, strip.frame_start + round(t * fps / 25))
+            out.append(np.linalg.norm(v[lips.upper] - v[lips.lower], axis=1).mean())
+        return np.array(out)
+
+    rest = np.linalg.norm(flame.v_template[lips.upper] - flame.v_template[lips.lower],
+                          axis=1).mean()
+    closed, generated = gaps(1.0), gaps(0.0)
+    assert np.all(closed <= rest + 2e-4)  # back at the lips' rest contact, to 0.2 mm
+    assert generated.mean() > closed.mean() + 5e-4  # the model alone leaves them apart
