@@ -315,10 +315,10 @@ def _generate(args: argparse.Namespace) -> int:
     wants_closure = not args.no_extras and args.lip_closure > 0
     head, head_source = (_head_geometry(loaded, flame) if wants_closure or args.arkit_csv
                          else (None, ""))
+    arkit = None if args.arkit_csv is None else _arkit_points(head, head_source)
     lip_closure = None
     if wants_closure:
         lip_closure = _lip_closure(head, head_source)
-    arkit = None if args.arkit_csv is None else _arkit_points(head, head_source)
     suffix = "." + (args.format or "npz")
     jobs = [(audio, cond, args.output / f"{audio.stem}_{name}{suffix}" if batch else args.output)
             for audio in inputs for name, cond in conditions]

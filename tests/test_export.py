@@ -341,3 +341,34 @@ def test_cli_refuses_a_csv_that_is_an_input(tmp_path):
     assert result.returncode == 2
     assert "not a Live Link CSV" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "take.npz").exists() and notes.read_text() == "a,b\n1,2\n"
+
+
+def test_landmark_head_poses_the_landmarks_exactly(demo_flame, demo_points):
+    from server.export.flame_arkit import landmark_head
+    from server.flame import flame_vertices
+
+    rng = np.random.default_rng(5)
+    expression, jaw = rng.normal(0, 1, (6, 100)), rng.normal(0, 0.1, (6, 3))
+    small, local = landmark_head(demo_flame, demo_points)
+    assert small.n_vertices < demo_flame.n_vertices / 20
+    full = flame_vertices(demo_flame, expression, jaw)
+    part = flame_vertices(small, expression, jaw)
+    np.testing.assert_allclose(part[:, local.upper_lip], full[:, demo_points.upper_lip],
+                               atol=1e-12)
+    np.testing.assert_allclose(part[:, local.lids.lower], full[:, demo_points.lids.lower],
+                               atol=1e-12)
+    np.testing.assert_allclose(part[:, local.puff], full[:, demo_points.puff], atol=1e-12)
+
+
+@pytest.mark.parametrize("with_flame, message", [
+    (False, "none is known for this model: give --flame FILE"),
+    (True, "--arkit-csv: the FLAME file: No inner-lip vertices were found"),
+])
+def test_cli_without_usable_geometry_is_one_sentence(tmp_path, tiny_bundle, speech_wav,
+                                                     flame_files, with_flame, message):
+    flame = ["--flame", flame_files["clean"]] if with_flame else []
+    result = run_server("generate", speech_wav, "--model", tiny_bundle, *flame,
+                        "-o", tmp_path / "take.npz", "--arkit-csv", tmp_path / "take.csv")
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "take.npz").exists() and not (tmp_path / "take.csv").exists()
