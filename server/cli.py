@@ -360,6 +360,8 @@ def _generate(args: argparse.Namespace) -> int:
     if progress is not None:
         progress.close()
         print(f"wrote {len(jobs) - failures} of {len(jobs)} takes to {args.output}")
+        if args.arkit_csv is not None:
+            print(f"wrote their Live Link CSVs to {args.arkit_csv}")
     return 1 if failures else 0
 
 

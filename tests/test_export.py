@@ -372,3 +372,14 @@ def test_cli_without_usable_geometry_is_one_sentence(tmp_path, tiny_bundle, spee
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "take.npz").exists() and not (tmp_path / "take.csv").exists()
+
+
+def test_cli_batch_writes_one_csv_per_take(tmp_path):
+    result = run_server("generate", SENTENCE, "--emotion", "all", "-o", f"{tmp_path}/takes/",
+                        "--arkit-csv", tmp_path / "csv")
+    assert result.returncode == 0, result.stderr
+    takes = sorted((tmp_path / "takes").glob("*.npz"))
+    assert len(takes) == 8 and "Live Link CSVs" in result.stdout
+    for take in takes:
+        back = read_livelink_csv(tmp_path / "csv" / f"{take.stem}.csv", fps=25)
+        assert len(back.timecodes) == len(np.load(take)["jaw"])
