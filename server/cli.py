@@ -74,6 +74,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "Unreal imports; with several takes a folder, one <take>.csv each. "
                           "Measured on the head's geometry (the --flame file, the model's own "
                           "head, or the demo head; see server/export/flame_arkit.py)")
+    gen.add_argument("--character", type=Path, metavar="MAPPING.json",
+                     help="with --arkit-csv: the CSV's ARKit weights are this character's own "
+                          "ARKit keys, retargeted through its mapping (server/retarget, set up "
+                          "with the same FLAME head) instead of the FLAME → ARKit "
+                          "approximation")
     gen.add_argument("--seed", type=int,
                      help="seed of the blink, gaze and head layers (default: from the audio's "
                           "content, so the same audio gives the same layers)")
@@ -297,6 +302,14 @@ def _generate(args: argparse.Namespace) -> int:
     if args.arkit_csv is not None and batch and args.arkit_csv.suffix.lower() == ".csv":
         raise UsageError(f"With several takes --arkit-csv is a folder (one <take>.csv each), "
                          f"not '{args.arkit_csv}'.")
+    mapping = None
+    if args.character is not None:
+        if args.arkit_csv is None:
+            raise UsageError("--character is the mapping --arkit-csv writes the character's "
+                             "ARKit weights through; give --arkit-csv OUT.csv too.")
+        from .export.character import read_arkit_mapping
+
+        mapping = read_arkit_mapping(args.character)
     clips = {} if batch else {
         inputs[0]: load_audio(inputs[0], args.start, args.end, args.allow_low_rate)}
     flame = None
@@ -315,7 +328,8 @@ def _generate(args: argparse.Namespace) -> int:
     wants_closure = not args.no_extras and args.lip_closure > 0
     head, head_source = (_head_geometry(loaded, flame) if wants_closure or args.arkit_csv
                          else (None, ""))
-    arkit = None if args.arkit_csv is None else _arkit_points(head, head_source)
+    arkit = None if args.arkit_csv is None else _arkit_source(head, head_source, mapping,
+                                                               args.character)
     lip_closure = None
     if wants_closure:
         lip_closure = _lip_closure(head, head_source)
@@ -448,41 +462,65 @@ def _check_arkit_csv(path: Path, args: argparse.Namespace, inputs: list[Path]) -
     that is not a Live Link CSV."""
     from .export.livelink import check_csv_output
 
-    others = [*inputs, args.output, *(p for p in (args.flame,) if p is not None)]
+    others = [*inputs, args.output, *(p for p in (args.flame, args.character) if p is not None)]
     check_csv_output(path, others)
 
 
-def _arkit_points(flame: Any, source: str) -> Any:
-    """(FLAME data, landmarks) the ARKit approximation measures on; a sentence when the
-    head's geometry is unknown or its landmarks cannot be found."""
+def _arkit_source(flame: Any, source: str, mapping: Any, mapping_path: Path | None
+                  ) -> tuple[Any, Any, Any]:
+    """(FLAME data, landmarks, mapping) the ARKit export works from: the approximation's
+    landmarks without a mapping, the mapping with one; a sentence when the head's geometry is
+    unknown, its landmarks cannot be found or the mapping was set up for another head."""
     from .export.flame_arkit import find_face_points
 
     if flame is None:
         raise UsageError("--arkit-csv measures the ARKit weights on the head's geometry, and "
                          "none is known for this model: give --flame FILE.")
+    if mapping is not None:
+        if mapping.flame_vertex_count != flame.n_vertices:
+            raise UsageError(f"'{mapping_path}' was set up with a FLAME head of "
+                             f"{mapping.flame_vertex_count} vertices, but the takes are for "
+                             f"{source} ({flame.n_vertices}): give the --flame file the "
+                             "character was set up with.")
+        return flame, None, mapping
     try:
-        return flame, find_face_points(flame)
+        return flame, find_face_points(flame), None
     except ValueError as exc:
         raise UsageError(f"--arkit-csv: {source}: {exc}") from None
 
 
 def _write_arkit_csv(path: Path, take: Any, extras: dict[str, Any] | None, model_jaw: Any,
                      arkit: Any, inputs: list[Path], quiet: bool = False) -> None:
-    """The take's ARKit-52 approximation (server/export/flame_arkit.py) as a Live Link CSV."""
-    from .export.flame_arkit import approximate_arkit
+    """The take's ARKit weights as a Live Link CSV: the FLAME → ARKit approximation
+    (server/export/flame_arkit.py), or the character's ARKit keys through its mapping."""
+    from .export.flame_arkit import approximate_arkit, yaw_pitch_roll
     from .export.livelink import write_livelink_csv
 
-    flame, points = arkit
+    flame, points, mapping = arkit
     extras = extras or {}
-    result = approximate_arkit(flame, take.expression, take.jaw, eyelids=extras.get("eyelids"),
-                               eyes=extras.get("eyes"), neck=extras.get("neck"),
-                               model_jaw=model_jaw, points=points)
-    written = write_livelink_csv(path, result.weights, take.fps, head=result.head,
-                                 eyes=result.eyes, inputs=inputs)
+    if mapping is None:
+        result = approximate_arkit(flame, take.expression, take.jaw,
+                                   eyelids=extras.get("eyelids"), eyes=extras.get("eyes"),
+                                   neck=extras.get("neck"), model_jaw=model_jaw, points=points)
+        weights, head, eyes, notes = result.weights, result.head, result.eyes, result.notes
+        what = f"ARKit-52 approximation; not measured: {', '.join(result.unmeasured)}"
+    else:
+        from .export.character import character_arkit_weights
+        from .retarget import retarget
+
+        n = min(flame.n_expression, take.expression.shape[1])
+        solved = retarget(mapping, flame, take.expression[:, :n], take.jaw,
+                          fps_scale=take.fps / 25, closure=extras.get("closure"))
+        weights, notes = character_arkit_weights(mapping, solved, take.jaw,
+                                                 extras.get("eyelids"), extras.get("eyes"))
+        notes = solved.notes + notes
+        head = None if "neck" not in extras else yaw_pitch_roll(extras["neck"])
+        eyes = None if "eyes" not in extras else yaw_pitch_roll(extras["eyes"])
+        what = f"{mapping.character}'s {len(mapping.arkit)} ARKit keys through its mapping"
+    written = write_livelink_csv(path, weights, take.fps, head=head, eyes=eyes, inputs=inputs)
     if not quiet:
-        print(f"wrote {written.path} (ARKit-52 approximation, {written.frames} frames; "
-              f"not measured: {', '.join(result.unmeasured)})")
-        for note in result.notes + written.notes:
+        print(f"wrote {written.path} ({what}, {written.frames} frames)")
+        for note in notes + written.notes:
             print(f"note: {note}", file=sys.stderr)
 
 

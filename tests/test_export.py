@@ -383,3 +383,70 @@ def test_cli_batch_writes_one_csv_per_take(tmp_path):
     for take in takes:
         back = read_livelink_csv(tmp_path / "csv" / f"{take.stem}.csv", fps=25)
         assert len(back.timecodes) == len(np.load(take)["jaw"])
+
+
+# -- through a character mapping -----------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mappings(tmp_path_factory, demo_flame):
+    """Character mappings set up on the demo head: an ARKit character (52 keys and a jaw
+    bone), a viseme character (no ARKit keys), and the ARKit one claiming another head."""
+    from server.retarget import setup_character
+    from tests.characters import arkit_character, viseme_character
+
+    folder = tmp_path_factory.mktemp("mappings")
+    arkit = setup_character(arkit_character().geometry, demo_flame)
+    (folder / "arkit.json").write_text(arkit.to_json())
+    (folder / "visemes.json").write_text(
+        setup_character(viseme_character().geometry, demo_flame).to_json())
+    other = json.loads(arkit.to_json())
+    other["flame_vertex_count"] = demo_flame.n_vertices + 100
+    (folder / "other.json").write_text(json.dumps(other))
+    return folder, arkit
+
+
+def test_cli_character_mapping_gives_its_arkit_keys(tmp_path, demo_flame, mappings):
+    from server.retarget import retarget
+
+    folder, mapping = mappings
+    take_path, csv_path = tmp_path / "take.npz", tmp_path / "take.csv"
+    result = run_server("generate", SENTENCE, "--seed", "0", "-o", take_path,
+                        "--arkit-csv", csv_path, "--character", folder / "arkit.json")
+    assert result.returncode == 0, result.stderr
+    assert "52 ARKit keys through its mapping" in result.stdout
+    take = np.load(take_path)
+    back = read_livelink_csv(csv_path, fps=25)
+    solved = retarget(mapping, demo_flame, take["expression"][:, :demo_flame.n_expression],
+                      take["jaw"], closure=take["closure"])
+    column = mapping.key_names.index(mapping.arkit["mouthSmileLeft"])
+    np.testing.assert_allclose(back.weights["mouthSmileLeft"],
+                               np.clip(solved.weights[:, column], 0, 1), atol=1e-5)
+    assert back.weights["mouthSmileLeft"].max() > 0.1
+    # The jaw rides on the character's jaw bone: jawOpen carries it.
+    assert solved.jaw is not None
+    assert np.corrcoef(back.weights["jawOpen"], take["jaw"][:, 0])[0, 1] > 0.95
+    # Blinks and gaze are the take's layers.
+    assert np.corrcoef(back.weights["eyeBlinkLeft"], take["eyelids"])[0, 1] > 0.99
+    np.testing.assert_allclose(back.eyes, yaw_pitch_roll(take["eyes"]), atol=1e-6)
+    np.testing.assert_allclose(back.head, yaw_pitch_roll(take["neck"]), atol=1e-6)
+
+
+@pytest.mark.parametrize("name, message", [
+    ("visemes.json", "none of them ARKit blendshapes"),
+    ("other.json", "was set up with a FLAME head of"),
+    ("missing.json", "does not exist"),
+])
+def test_cli_refuses_a_mapping_it_cannot_use(tmp_path, mappings, name, message):
+    folder, _ = mappings
+    result = run_server("generate", SENTENCE, "-o", tmp_path / "take.npz",
+                        "--arkit-csv", tmp_path / "take.csv", "--character", folder / name)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "take.npz").exists() and not (tmp_path / "take.csv").exists()
+
+
+def test_cli_character_needs_the_csv(tmp_path, mappings):
+    folder, _ = mappings
+    result = run_server("generate", SENTENCE, "-o", tmp_path / "take.npz",
+                        "--character", folder / "arkit.json")
+    assert result.returncode == 2 and "give --arkit-csv OUT.csv too" in result.stderr

@@ -282,6 +282,21 @@ def _ramp(values: np.ndarray, reference: float) -> np.ndarray:
     return np.clip(np.asarray(values, np.float64) / reference, 0.0, 1.0)
 
 
+def gaze_weights(eyes: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """eyeLook{Up,Down,In,Out}{Left,Right} (T,) from the take's ``eyes`` (T, 2, 3)
+    axis-angle (the module's table), and the eyes' yaw, pitch, roll (T, 2, 3)."""
+    angles = yaw_pitch_roll(eyes)
+    out = {}
+    for s, side in enumerate(SIDES):
+        yaw, pitch = angles[:, s, 0], angles[:, s, 1]
+        toward_left, toward_right = _ramp(yaw, EYE_LOOK_REF), _ramp(-yaw, EYE_LOOK_REF)
+        out[f"eyeLookOut{side}"] = toward_left if s == 0 else toward_right
+        out[f"eyeLookIn{side}"] = toward_right if s == 0 else toward_left
+        out[f"eyeLookDown{side}"] = _ramp(pitch, EYE_LOOK_REF)
+        out[f"eyeLookUp{side}"] = _ramp(-pitch, EYE_LOOK_REF)
+    return out, angles
+
+
 def _gap(mesh: np.ndarray, points: FacePoints) -> np.ndarray:
     """Mean inner-lip gap (T,) of the midline pairs."""
     upper = mesh[:, points.upper_lip[points.midline]]
@@ -399,15 +414,8 @@ def approximate_arkit(flame: FlameData, expression: np.ndarray, jaw: np.ndarray,
     # Gaze and head.
     eye_angles = None
     if eyes is not None:
-        eye_angles = yaw_pitch_roll(np.asarray(eyes, np.float64).reshape(frames, 2, 3))
-        for s, side in enumerate(SIDES):
-            yaw, pitch = eye_angles[:, s, 0], eye_angles[:, s, 1]
-            toward_left = _ramp(yaw, EYE_LOOK_REF)
-            toward_right = _ramp(-yaw, EYE_LOOK_REF)
-            out[f"eyeLookOut{side}"] = toward_left if s == 0 else toward_right
-            out[f"eyeLookIn{side}"] = toward_right if s == 0 else toward_left
-            out[f"eyeLookDown{side}"] = _ramp(pitch, EYE_LOOK_REF)
-            out[f"eyeLookUp{side}"] = _ramp(-pitch, EYE_LOOK_REF)
+        looks, eye_angles = gaze_weights(np.asarray(eyes, np.float64).reshape(frames, 2, 3))
+        out.update(looks)
     head = None if neck is None else yaw_pitch_roll(np.asarray(neck, np.float64)
                                                     .reshape(frames, 3))
     if not all(np.isfinite(values).all() for values in out.values()):
