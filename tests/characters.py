@@ -46,6 +46,7 @@ class TestCharacter:
     truth: dict[str, np.ndarray] = field(default_factory=dict)
     scale: float = 1.0  # character metres per demo-head metre (before the warp)
     warp: object = None  # demo-head space → the character's object space (the ground truth)
+    demo: np.ndarray | None = None  # (V, 3) where each vertex came from on the demo head
 
 
 @dataclass
@@ -269,7 +270,8 @@ def arkit_character(seed: int = 1) -> TestCharacter:
     rest = tilt @ np.array([[1.0, 0, 0], [0, -1.0, 0], [0, 0, -1.0]])  # bone y → object −Y
     jaw = JawBone(name="jaw", head=head, rest=rest, weights=f["jaw weights"][:, 0].copy())
     geometry = _character(face, keys, "ARKit test head", jaw=jaw)
-    return TestCharacter(geometry=geometry, truth=_truth(face), scale=scale, warp=face.warp)
+    return TestCharacter(geometry=geometry, truth=_truth(face), scale=scale, warp=face.warp,
+                         demo=face.demo)
 
 
 def viseme_character(seed: int = 2) -> TestCharacter:
@@ -289,7 +291,7 @@ def viseme_character(seed: int = 2) -> TestCharacter:
         "smile": f["mouth corners up"] + 0.5 * f["cheek raise"],
     }
     return TestCharacter(geometry=_character(face, keys, "viseme test head"),
-                         truth=_truth(face), scale=scale, warp=face.warp)
+                         truth=_truth(face), scale=scale, warp=face.warp, demo=face.demo)
 
 
 def minimal_character(seed: int = 3) -> TestCharacter:
@@ -301,4 +303,4 @@ def minimal_character(seed: int = 3) -> TestCharacter:
     keys = {"jawOpen": f["jaw open"], "mouthClose": f["mouth close"],
             "mouthSmile": f["mouth corners up"]}
     return TestCharacter(geometry=_character(face, keys, "minimal test head"),
-                         truth=_truth(face), scale=scale, warp=face.warp)
+                         truth=_truth(face), scale=scale, warp=face.warp, demo=face.demo)

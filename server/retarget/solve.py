@@ -41,8 +41,8 @@ from .mapping import REGIONS, CharacterMapping
 
 REGION_WEIGHT = {"mouth": 6.0, "jaw": 1.5, "cheeks": 0.5, "eyes": 2.0, "brows": 2.0}
 LIP_LINE_WEIGHT = 3.0
-ITERATIONS = 160
-REPORT_FRAMES = 240
+ITERATIONS = 80
+REPORT_FRAMES = 150
 CLOSED = 0.1  # × the typical opening: shut
 OPEN = 0.2  # × the typical opening: no longer shut
 FULLY_SHUT = 0.95  # a closure track's value from which the lips must touch
@@ -293,8 +293,9 @@ def source_motion(source: _Source, expression: np.ndarray, jaw: np.ndarray) -> n
     jaw's skinning (neck and eyes at rest, as in EMOTE's takes)."""
     rotation = _rotations(jaw)
     feature = (rotation - np.eye(3)).reshape(len(jaw), 9)
-    shaped = np.einsum("pce,te->tpc", source.basis, expression) + np.einsum(
-        "pck,tk->tpc", source.correctives, feature)
+    p = len(source.x0)
+    shaped = (expression @ source.basis.reshape(p * 3, -1).T
+              + feature @ source.correctives.reshape(p * 3, 9).T).reshape(len(jaw), p, 3)
     pivot = source.pivot + expression @ source.pivot_basis.T  # (T, 3)
     arm = source.x0[None] + shaped - pivot[:, None, :]
     turned = np.einsum("tcd,tpd->tpc", rotation - np.eye(3), arm)
@@ -328,13 +329,14 @@ def retarget(mapping: CharacterMapping, flame: FlameData, expression: np.ndarray
     rotation, a = mapping.rotation, mapping.point_scale
     basis = mapping.key_basis  # (P, 3, K)
     q = basis * mapping.point_weight[:, None, None]  # Ω·B
-    gram = np.einsum("pck,pcj->kj", q, basis)
+    flat = basis.reshape(-1, k)
+    gram = q.reshape(-1, k).T @ flat
 
     # Source terms projected onto the keys (see the module's description).
     qa = q * a[:, None, None]
     qr = np.einsum("pck,cd->pdk", qa, rotation)  # (Rᵀ)·(a Ω B): FLAME-frame rows
-    m_expression = np.einsum("pdk,pde->ek", qr, src.basis)  # (E, K)
-    m_correctives = np.einsum("pdk,pdm->mk", qr, src.correctives)  # (9, K)
+    m_expression = src.basis.reshape(-1, n_exp).T @ qr.reshape(-1, k)  # (E, K)
+    m_correctives = src.correctives.reshape(-1, 9).T @ qr.reshape(-1, k)  # (9, K)
     jaw_rot = _rotations(jaw)
     feature = (jaw_rot - np.eye(3)).reshape(frames, 9)
     b = expression @ m_expression + feature @ m_correctives
@@ -342,11 +344,12 @@ def retarget(mapping: CharacterMapping, flame: FlameData, expression: np.ndarray
     arm0 = src.x0 - src.pivot
     arm_basis = np.concatenate([src.basis - src.pivot_basis[None], src.correctives], axis=2)
     h0 = np.einsum("pck,pd->kcd", qj, arm0)
-    h1 = np.einsum("pck,pdm->kcdm", qj, arm_basis).reshape(k, 9, -1)
+    h1 = np.tensordot(qj, arm_basis, axes=([0], [0]))  # (c, K, d, m)
+    h1 = np.transpose(h1, (1, 0, 2, 3)).reshape(k, 9, -1)
     turn = np.einsum("ab,tbd->tad", rotation, jaw_rot - np.eye(3)).reshape(frames, 9)
     z = np.concatenate([expression, feature], axis=1)
     b += turn @ h0.reshape(k, 9).T
-    b += np.einsum("tx,tm,kxm->tk", turn, z, h1, optimize=True)
+    b += (turn[:, :, None] * z[:, None, :]).reshape(frames, -1) @ h1.reshape(k, -1).T
 
     # The character's jaw bone: its own motion at the points comes off.
     char_jaw = None
@@ -426,7 +429,7 @@ def _source_closed(mapping: CharacterMapping, flame: FlameData, expression: np.n
 
 def _fista(gram: np.ndarray, b: np.ndarray, lip_gram: np.ndarray | None,
            lip_rhs: np.ndarray | None, contact: np.ndarray, lo: np.ndarray, hi: np.ndarray,
-           l1: np.ndarray, l2: np.ndarray, iterations: int = ITERATIONS) -> np.ndarray:
+           l1: np.ndarray, l2: np.ndarray, iterations: int | None = None) -> np.ndarray:
     """The box-constrained, L1- and first-difference-regularised batched least squares."""
     frames, k = b.shape
     diag = np.sqrt(np.maximum(np.diag(gram), 1e-30))
@@ -440,34 +443,50 @@ def _fista(gram: np.ndarray, b: np.ndarray, lip_gram: np.ndarray | None,
         step_bound += contact[:, None] * lbound[None, :]
         rhs = rhs + contact[:, None] * lip_rhs
     step_bound += 4 * l2[None, :] + 1e-12 * float(np.max(bound, initial=1.0))
-    step = 1.0 / step_bound
+    # float32 from here: the iterations are memory-bound and the answer needs no more digits
+    # than the sliders show.
+    f32 = np.float32
+    step = (1.0 / step_bound).astype(f32)
     # Start from each frame's own ridge solution, clipped.
     ridge = 1e-3 * float(np.mean(np.diag(gram)) or 1.0)
     start = np.linalg.solve(gram + ridge * np.eye(k), rhs.T).T
-    w = np.clip(start, lo, hi)
+    lo32, hi32 = lo.astype(f32), hi.astype(f32)
+    w = np.clip(start, lo, hi).astype(f32)
     y, t = w.copy(), 1.0
-    threshold = l1[None, :] * step
-    for _ in range(iterations):
-        grad = y @ gram - rhs
-        if lip_gram is not None and active.any():
-            grad[active] += contact[active, None] * (y[active] @ lip_gram)
-        if l2.any() and frames > 1:
+    gram32, rhs32 = gram.astype(f32), rhs.astype(f32)
+    threshold = (l1[None, :] * step).astype(f32)
+    smoothing = l2.astype(f32) if l2.any() and frames > 1 else None
+    rows = np.flatnonzero(active) if lip_gram is not None else np.zeros(0, np.int64)
+    if len(rows):
+        lip32 = lip_gram.astype(f32)
+        lip_scale = contact[rows, None].astype(f32)
+    for _ in range(ITERATIONS if iterations is None else iterations):
+        grad = y @ gram32
+        grad -= rhs32
+        if len(rows):
+            grad[rows] += lip_scale * (y[rows] @ lip32)
+        if smoothing is not None:
             diff = np.diff(y, axis=0)
-            grad[:-1] -= l2 * diff
-            grad[1:] += l2 * diff
-        z = y - step * grad
-        z = np.sign(z) * np.maximum(np.abs(z) - threshold, 0.0)
-        w_next = np.clip(z, lo, hi)
+            diff *= smoothing
+            grad[:-1] -= diff
+            grad[1:] += diff
+        grad *= step
+        z = y - grad
+        magnitude = np.abs(z)
+        magnitude -= threshold
+        np.maximum(magnitude, 0, out=magnitude)
+        w_next = np.clip(np.copysign(magnitude, z), lo32, hi32)
         t_next = (1 + np.sqrt(1 + 4 * t * t)) / 2
-        y = w_next + ((t - 1) / t_next) * (w_next - w)
+        y = w_next + f32((t - 1) / t_next) * (w_next - w)
         w, t = w_next, t_next
-    return w
+    return np.clip(w.astype(np.float64), lo, hi)  # float32's 0.40000001 is not within 0.4
 
 
 def character_motion(mapping: CharacterMapping, weights: np.ndarray, jaw: np.ndarray | None
                      ) -> np.ndarray:
     """The character's displacement (T, P, 3) at the points: keys, then the jaw bone."""
-    motion = np.einsum("pck,tk->tpc", mapping.key_basis, weights)
+    p = mapping.n_points
+    motion = (weights @ mapping.key_basis.reshape(p * 3, -1).T).reshape(len(weights), p, 3)
     if jaw is not None and mapping.jaw_bone is not None:
         r = mapping.rotation
         turn = r @ _rotations(jaw) @ r.T - np.eye(3)
