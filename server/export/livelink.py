@@ -1,10 +1,10 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
 """Live Link Face's CSV: per-frame ARKit weights, head and eye angles, as engines import them.
 
-Epic's Live Link Face app (iOS) records each take as a CSV beside its video; Unreal's
-LiveLinkFaceImporter plugin, the MotionBuilder and Blender importers people use, and MetaHuman
-retargeting scripts read that layout. What it is, as checked (2026-12-01) against the public
-material below, since Epic does not publish a format description:
+Epic's Live Link Face app (iOS) records each take as a CSV beside its video; Unreal 5's
+LiveLinkFaceImporter plugin imports the app's takes, and MotionBuilder and Blender importers and
+MetaHuman retargeting scripts read the CSV. What the layout is, as checked (2026-12-01)
+against the public material below, since Epic publishes no format description:
 
 - **Header**: ``Timecode,BlendShapeCount``, then the 52 ARKit coefficients capitalised
   (``EyeBlinkLeft``), then ``HeadYaw,HeadPitch,HeadRoll,LeftEyeYaw,LeftEyePitch,LeftEyeRoll,
@@ -20,16 +20,18 @@ material below, since Epic does not publish a format description:
 - **BlendShapeCount** is 61 on every row (52 coefficients + 9 angles).
 - **Timecode** ``HH:MM:SS:FF.mmm``: hours, minutes, seconds and the frame FF within the second
   at the take's frame rate, then the sub-frame in thousandths of a frame (Unreal's
-  ``FFrameTime`` printed as frame + sub-frame; the app's recordings show values such as
-  ``14:03:52:28.207``, time of day). Our frames fall on whole frames: ``.000``.
+  ``FFrameTime`` printed as frame + sub-frame; an importer's notes quote a recording's
+  ``14:03:52:28.207``, time of day, whose .207 is no millisecond count at 30 or 60 fps). Our
+  frames fall on whole frames: ``.000``.
 - **Coefficients** are 0 (neutral) to 1 (full movement) (Apple's ``blendShapes`` documentation);
   "Left" is the face's own left (Apple: "the eyeBlinkRight coefficient refers to the face's
   right eye").
 - **Angles**: radians here. Unreal's own ARKit face support (``AppleARKitConversion.h``, UE 4.2x)
-  maps its head and eye rotators' degrees to [-1, 1] (degrees / 180) before Live Link, and the
-  app's CSVs are described as radians in some versions; the unit could not be checked against
-  a recording. Our sign conventions (FLAME's, as the living layers define them; unverified
-  against Live Link's): **yaw** + turns toward the subject's left, **pitch** + turns the face
+  maps its head and eye rotators' degrees to [-1, 1] (degrees / 180) before Live Link, and
+  importers describe the app's CSV angles as degrees or radians depending on its version; the
+  unit could not be checked against a recording (:data:`ANGLE_UNIT` says which we write).
+  Our sign conventions (FLAME's, as the living layers define them; unverified against Live
+  Link's): **yaw** + turns toward the subject's left, **pitch** + turns the face
   (or the gaze) down, **roll** + tilts toward the subject's right shoulder, from the rotation
   ``R = R_y(yaw) · R_x(pitch) · R_z(roll)`` in FLAME's frame (x the subject's left, y up, z
   toward the viewer).
@@ -83,6 +85,7 @@ HEADER = ("Timecode", "BlendShapeCount") + LIVELINK_BLENDSHAPES + HEAD_COLUMNS +
 BLENDSHAPE_COUNT = len(LIVELINK_BLENDSHAPES) + len(HEAD_COLUMNS) + len(EYE_COLUMNS)  # 61
 # Canonical ARKit name (Apple's spelling) of each coefficient column, in column order.
 ARKIT_NAMES = tuple(name[0].lower() + name[1:] for name in LIVELINK_BLENDSHAPES)
+ANGLE_UNIT = "radians"
 DECIMALS = 7  # 5e-8 rounding: far below what a rig resolves, and the reader's 1e-6 round trip
 MAX_FPS = 100  # two timecode digits for the frame
 _TIMECODE = re.compile(r"^(\d{2}):(\d{2}):(\d{2}):(\d{2})(?:\.(\d{3}))?$")
