@@ -11,7 +11,8 @@ from and carried through the warp) and from a jaw rotation:
 * :func:`arkit_character` (a): mouth 30 % wider, lower face 15 % longer, 52 ARKit keys and a
   jaw bone with weights;
 * :func:`viseme_character` (b): visemes only (A E I O U F_V M_B_P smile), no jaw bone;
-* :func:`minimal_character` (c): jawOpen, mouthClose and mouthSmile, no jaw bone.
+* :func:`minimal_character` (c): jawOpen, mouthClose and mouthSmile, no jaw bone;
+* :func:`dense_character`: some 27,000 vertices, three keys (finding the mouth on fine meshes).
 
 Every character comes with ``truth``: vertex indices of its inner lips (upper and lower, the
 middle third of the mouth), mouth corners, brows and eyelids, for measuring.
@@ -189,6 +190,7 @@ def _truth(face: _Face) -> dict[str, np.ndarray]:
     brows = np.array([nearest(x, 0.050) for x in (0.03, 0.015, -0.015, -0.03)])
     lids = np.array([nearest(x, 0.037) for x in (0.032, -0.032)])
     return {"upper_lip": face.slit_upper[middle], "lower_lip": face.slit_lower[middle],
+            "slit_upper": face.slit_upper, "slit_lower": face.slit_lower,
             "corners": face.corners, "brows": brows, "upper_lids": lids,
             "chin": np.array([nearest(0.0, -0.097)])}
 
@@ -304,3 +306,16 @@ def minimal_character(seed: int = 3) -> TestCharacter:
             "mouthSmile": f["mouth corners up"]}
     return TestCharacter(geometry=_character(face, keys, "minimal test head"),
                          truth=_truth(face), scale=scale, warp=face.warp, demo=face.demo)
+
+
+def dense_character(seed: int = 4) -> TestCharacter:
+    """A dense mesh (160 columns, 1.2 mm rows: some 27,000 vertices), mouth 20 % wider, with
+    jawOpen, mouthSmile and browInnerUp: where every vertex has many neighbours closer than
+    the lips' partners, the slit must still be found."""
+    face = _face(columns=160, row_step=0.0012, mouth=1.2, length=1.1, scale=1.0,
+                 offset=(0.0, 0.0, 1.6), seed=seed)
+    f = _fields(face)
+    keys = {"jawOpen": f["jaw open"], "mouthSmile": f["mouth corners up"],
+            "browInnerUp": f["brow inner up"]}
+    return TestCharacter(geometry=_character(face, keys, "dense test head"),
+                         truth=_truth(face), scale=1.0, warp=face.warp, demo=face.demo)

@@ -32,7 +32,12 @@ from server.retarget import (
     setup_character,
 )
 from server.retarget import mapping as mapping_module
-from tests.characters import arkit_character, minimal_character, viseme_character
+from tests.characters import (
+    arkit_character,
+    dense_character,
+    minimal_character,
+    viseme_character,
+)
 
 EMOTIONS = ("Neutral", "Happy", "Surprise", "Anger", "Sad")
 
@@ -204,6 +209,25 @@ def test_landmarks_the_artist_moves_anchor_the_fit(characters, head, mappings):
         setup_character(character.geometry, head.flame, landmarks={"left ear": moved})
     with pytest.raises(ValueError, match="three finite numbers"):
         setup_character(character.geometry, head.flame, landmarks={"chin": [0.0, np.nan, 1]})
+
+
+def test_the_mouth_slit_is_found_on_a_dense_mesh(head):
+    from server.retarget.character import flame_to_object_rotation
+    from server.retarget.fit import character_face, find_character_mouth
+
+    character = dense_character()
+    geometry, truth = character.geometry, character.truth
+    rotation = flame_to_object_rotation(geometry.up, geometry.front)
+    mouth = find_character_mouth(geometry, character_face(geometry), rotation, 0.15)
+    assert mouth is not None
+    assert set(mouth.upper) == set(truth["slit_upper"])
+    assert set(mouth.lower) == set(truth["slit_lower"])
+    partner = dict(zip(truth["slit_upper"].tolist(), truth["slit_lower"].tolist(), strict=True))
+    assert all(partner[u] == lo for u, lo in zip(mouth.upper.tolist(), mouth.lower.tolist(),
+                                                  strict=True))
+    v = geometry.vertices
+    assert np.linalg.norm(mouth.left - v[truth["corners"][0]]) < 1e-3
+    assert np.linalg.norm(mouth.right - v[truth["corners"][1]]) < 1e-3
 
 
 # -- (b), (c): faces that can say less ------------------------------------------------------------

@@ -5,15 +5,18 @@ The fit gives every FLAME point a partner on the character's surface (a triangle
 barycentrics) and the character's landmarks, in four steps, all in the character's object
 space:
 
-1. **Start.** FLAME's axes turned to the character's ``up``/``front``; the *face* on each side
-   is what moves: FLAME's vertices its expression basis moves, the character's vertices any
-   shape key or the jaw bone moves. Their centroids meet and their heights (5th–95th
-   percentile along up) set the scale.
-2. **The mouth.** The character's lips are found from its geometry: vertex pairs close in space
-   but more than ``MIN_RINGS`` edges apart on the mesh (the two sides of the mouth slit), in
-   the lower front of the face; upper and lower are told apart by where each vertex's
-   neighbours lie; the corners are the slit's ends. Its corners and inner-lip middles anchor
-   FLAME's (from the landmark embedding, else :func:`server.living.closure.find_lips`).
+1. **The mouth.** The character's lips are found from its geometry
+   (:func:`find_character_mouth`): an upper lip's margin has neighbours above it and none
+   below, a lower lip's the other way round; pairs of such vertices close in space but more
+   than ``MIN_RINGS`` edges apart on the mesh (the two sides of the mouth slit) seed it, it
+   grows along both lips to the corners, and the corners are the vertices its two ends share.
+   Its corners and inner-lip middles anchor FLAME's (from the landmark embedding, else
+   :func:`server.living.closure.find_lips`).
+2. **Start.** FLAME's axes turned to the character's ``up``/``front``; FLAME's mouth on the
+   character's, sized by the mouth's width, then the best of a few scales about it
+   (``SCALE_TRIES``: mouths vary more than heads) by the mean distance of FLAME's face to the
+   character's surface. Without a mouth, the *faces* meet: FLAME's vertices its expression
+   basis moves and the character's any key or the jaw bone moves (centroids, heights).
 3. **Rigid + scale, then identity shape.** Iterated closest points: weighted Umeyama
    similarity on closest points plus the anchors, then ridge least squares for FLAME's identity
    shape ``β`` (``‖s·R·(v + S·β) + t − c‖² + α‖β‖²``).
@@ -23,8 +26,8 @@ space:
    mouth an upper-lip point may only land on the character's upper side and a lower-lip point
    on its lower side: the slit's two sides touch, and only the side tells them apart.
 
-Landmarks given by the artist replace the found ones as anchors (step 2) with the same
-weight; the rest of the fit follows them.
+Landmarks given by the artist (any of :data:`LANDMARK_NAMES`) replace the found ones or join
+them as anchors (steps 1, 3 and 4) with the same weight; the rest of the fit follows them.
 """
 
 from __future__ import annotations
@@ -413,35 +416,64 @@ class CharacterMouth:
     lower_side: np.ndarray  # (V,) bool: nearer the lower lip's margin than the upper's
 
 
+def _margins(v: np.ndarray, edge_list: np.ndarray, up: np.ndarray
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Vertices on the lower edge of a surface (an upper lip's margin: neighbours above it and
+    beside it, none clearly below) and on the upper edge of one (a lower lip's margin), where
+    "clearly" is 35 % of the vertex's mean edge length."""
+    a, b = edge_list[:, 0], edge_list[:, 1]
+    height = v @ up
+    step = height[b] - height[a]
+    length = np.linalg.norm(v[b] - v[a], axis=1)
+    n = len(v)
+    lowest = np.zeros(n)
+    highest = np.zeros(n)
+    np.minimum.at(lowest, a, step)
+    np.minimum.at(lowest, b, -step)
+    np.maximum.at(highest, a, step)
+    np.maximum.at(highest, b, -step)
+    mean_edge = (np.bincount(a, length, n) + np.bincount(b, length, n)) / np.maximum(
+        np.bincount(a, minlength=n) + np.bincount(b, minlength=n), 1)
+    upper = (lowest > -0.35 * mean_edge) & (highest > 0.5 * mean_edge)
+    lower = (highest < 0.35 * mean_edge) & (lowest < -0.5 * mean_edge)
+    return upper, lower
+
+
 def find_character_mouth(character: CharacterGeometry, face: np.ndarray, rotation: np.ndarray,
                          height: float) -> CharacterMouth | None:
     """The character's mouth slit from its geometry (see the module's description), or None.
 
-    Pairs closer than 3 % of the face's height whose vertices lie more than ``MIN_RINGS``
-    edges apart seed the slit; it then grows along both lips to the corners (where the two
-    sides come within a few edges of each other), and the corners are the vertices the slit's
-    two ends share. Of several such slits (eyelids too are slits) the longest is the mouth."""
+    An upper lip's margin has neighbours above it and none below, a lower lip's the other way
+    round; such vertices closer than 3 % of the face's height to each other and more than
+    ``MIN_RINGS`` edges apart seed the slit; it then grows along both lips to the corners
+    (where the two sides come within a few edges of each other), and the corners are the
+    vertices the slit's two ends share. Of several such slits (eyelids too are slits) the
+    longest is the mouth."""
     v = character.vertices
     up, left_axis = rotation[:, 1], rotation[:, 0]
     indptr, indices = neighbour_lists(character.faces, len(v))
-    degree = np.diff(indptr)
-    neighbour_mean = np.add.reduceat(v[indices], indptr[:-1], axis=0) / np.maximum(
-        degree, 1)[:, None]
-    rise = (neighbour_mean - v) @ up  # > 0: the vertex's neighbours lie above it
+    upper_margin, lower_margin = _margins(v, edges(character.faces), up)
+    in_face = np.zeros(len(v), bool)
+    in_face[face] = True
+    uppers = np.flatnonzero(upper_margin & in_face)
+    lowers = np.flatnonzero(lower_margin & in_face)
+    if not len(uppers) or not len(lowers):
+        return None
     gap = 0.03 * height
     close_i, close_j = [], []
-    points = (v[face] - v[face].mean(0)).astype(np.float32)
-    squares = np.einsum("ij,ij->i", points, points)
-    for start in range(0, len(face), 1024):
-        chunk = points[start: start + 1024]
-        d2 = squares[start: start + 1024, None] + squares[None, :] - 2 * chunk @ points.T
+    origin = v[face].mean(0)
+    a = (v[uppers] - origin).astype(np.float32)
+    b = (v[lowers] - origin).astype(np.float32)
+    b_squares = np.einsum("ij,ij->i", b, b)
+    for start in range(0, len(uppers), 1024):
+        chunk = a[start: start + 1024]
+        d2 = np.einsum("ij,ij->i", chunk, chunk)[:, None] + b_squares[None, :] - 2 * chunk @ b.T
         i, j = np.nonzero(d2 < gap**2)
-        keep = face[start + i] != face[j]
-        close_i.append(face[start + i[keep]])
-        close_j.append(face[j[keep]])
+        close_i.append(uppers[start + i])
+        close_j.append(lowers[j])
     close_i, close_j = np.concatenate(close_i), np.concatenate(close_j)
-    sided = (rise[close_i] > 0) & (rise[close_j] < 0)  # i on an upper lip, j on a lower
-    close_i, close_j = close_i[sided], close_j[sided]
+    keep = close_i != close_j
+    close_i, close_j = close_i[keep], close_j[keep]  # i on an upper lip, j on a lower
     if not len(close_i):
         return None
 
@@ -452,18 +484,18 @@ def find_character_mouth(character: CharacterGeometry, face: np.ndarray, rotatio
             seen |= frontier
         return seen
 
-    seeds = [(int(i), int(j)) for i, j in zip(close_i, close_j, strict=True)
-             if int(j) not in within(int(i), MIN_RINGS)]
-    if not seeds:
-        return None
-    # Grow: a close pair joins when its upper vertex neighbours the slit's upper side and
-    # its lower vertex the lower side.
-    neighbours = [set(indices[indptr[k]:indptr[k + 1]].tolist()) for k in range(len(v))]
-    candidate = {}
+    # Each upper-lip vertex's partner: the nearest lower-lip vertex.
+    candidate: dict[int, int] = {}
     for i, j in zip(close_i.tolist(), close_j.tolist(), strict=True):
         if i not in candidate or np.linalg.norm(v[i] - v[j]) < np.linalg.norm(
                 v[i] - v[candidate[i]]):
             candidate[i] = j
+    seeds = [(i, j) for i, j in candidate.items() if j not in within(i, MIN_RINGS)]
+    if not seeds:
+        return None
+    # Grow: a pair joins when its upper vertex neighbours the slit's upper side and its lower
+    # vertex the lower side.
+    neighbours = [set(indices[indptr[k]:indptr[k + 1]].tolist()) for k in range(len(v))]
     slits: list[dict[int, int]] = []
     taken: set[int] = set()
     for i, j in seeds:
