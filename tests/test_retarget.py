@@ -198,6 +198,35 @@ def test_the_jaw_bone_turns_in_its_own_rest_frame(mappings):
     np.testing.assert_allclose(local[1], np.eye(3), atol=1e-12)
 
 
+def test_a_y_up_character_is_set_up_along_its_own_axes(head, characters, demo_takes):
+    """The same head stored y up, looking along +z (an FBX or glTF export's mesh data)."""
+    import dataclasses
+
+    from server.retarget.character import JawBone
+    from tests.characters import FLAME_TO_BLENDER
+
+    a = characters["a"].geometry
+    turn = FLAME_TO_BLENDER.T  # Blender's z up → y up
+    jaw = JawBone(name="jaw", head=turn @ a.jaw.head, rest=turn @ a.jaw.rest,
+                  weights=a.jaw.weights)
+    turned = dataclasses.replace(a, vertices=a.vertices @ turn.T,
+                                 key_offsets=a.key_offsets @ turn.T, jaw=jaw,
+                                 up=(0.0, 1.0, 0.0), front=(0.0, 0.0, 1.0))
+    mapping = setup_character(turned, head.flame)
+    assert np.abs(mapping.rotation - np.eye(3)).max() < 0.1
+    expression, jaw_take, closure = demo_takes[1]
+    result = retarget(mapping, head.flame, expression, jaw_take, closure=closure)
+    posed = pose_character(turned, mapping, result)
+    truth = characters["a"].truth
+    gap = np.linalg.norm(posed[:, truth["upper_lip"]] - posed[:, truth["lower_lip"]],
+                         axis=2).mean(axis=1)
+    source = flame_vertices(head.flame, expression, jaw_take)
+    ids = _demo_ids(head, characters["a"])
+    source_gap = np.linalg.norm(source[:, ids["upper_lip"]] - source[:, ids["lower_lip"]],
+                                axis=2).mean(axis=1)
+    assert _correlation(gap, source_gap) >= 0.9
+
+
 def test_landmarks_the_artist_moves_anchor_the_fit(characters, head, mappings):
     character = characters["a"]
     found = mappings["a"].landmarks
@@ -308,6 +337,11 @@ def test_an_official_layout_flame_sets_up_and_retargets(official_take, character
     assert _within_ranges(mapping, result.weights)
     with pytest.raises(ValueError, match="Set the character up again for this head"):
         retarget(mapping, build_demo_head().flame, take.expression, take.jaw)
+    import dataclasses
+
+    moved = dataclasses.replace(flame, v_template=flame.v_template * 1.01)
+    with pytest.raises(ValueError, match="another FLAME head of the same size"):
+        retarget(mapping, moved, take.expression, take.jaw)
 
 
 # -- speed ----------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ class CharacterMapping:
     # FLAME's inner-lip pairs (upper, lower vertex), for the source's own lip gap.
     flame_lips: np.ndarray  # (Q', 2) int
     flame_vertex_count: int
+    flame_rest: np.ndarray  # (P, 3) FLAME's template at the points: which FLAME head this is
     flame_mouth_width: float  # metres, FLAME
     mouth_width: float  # metres, the character
     jaw_bone: str | None = None
@@ -242,7 +243,7 @@ def _build(cls: type[CharacterMapping], raw: dict) -> CharacterMapping:
         lip_positions=_array(raw, "lip_positions", (q, 2, 3)),
         lip_jaw_weights=_array(raw, "lip_jaw_weights", (q, 2)),
         lip_basis=_array(raw, "lip_basis", (q, 2, 3, k)), flame_lips=flame_lips,
-        flame_vertex_count=n_flame,
+        flame_vertex_count=n_flame, flame_rest=_array(raw, "flame_rest", (p, 3)),
         flame_mouth_width=_number(raw, "flame_mouth_width", 0.0, 1e3),
         mouth_width=_number(raw, "mouth_width", 0.0, 1e6), jaw_bone=jaw_bone,
         jaw_pivot=_array(raw, "jaw_pivot", (3,)), jaw_rest=jaw_rest,

@@ -120,6 +120,7 @@ def setup_character(character: CharacterGeometry, flame: FlameData,
         point_scale=point_scale, point_weight=weight, point_region=regions,
         lip_positions=lip_positions, lip_jaw_weights=lip_jaw, lip_basis=lip_basis,
         flame_lips=flame_lips, flame_vertex_count=flame.n_vertices,
+        flame_rest=fit.points.of(flame.v_template),
         flame_mouth_width=flame_mouth_width, mouth_width=mouth_width,
         jaw_bone=character.jaw.name if has_jaw else None,
         jaw_pivot=np.asarray(character.jaw.head, np.float64) if has_jaw else np.zeros(3),
@@ -280,8 +281,12 @@ def _source(mapping: CharacterMapping, flame: FlameData, n_expression: int) -> _
                          f"{mapping.flame_vertex_count} vertices; the take's has "
                          f"{flame.n_vertices}. Set the character up again for this head.")
     points = FlamePoints(mapping.flame_vertices, mapping.flame_weights)
+    x0 = points.of(flame.v_template)
+    if np.abs(x0 - mapping.flame_rest).max(initial=0.0) > 1e-6:
+        raise ValueError("This character was set up for another FLAME head of the same size "
+                         "(its template differs); set the character up again for this head.")
     dirs = flame.shapedirs[:, :, SHAPE_SPACE_DIM:SHAPE_SPACE_DIM + n_expression]
-    return _Source(x0=points.of(flame.v_template), basis=points.of(dirs),
+    return _Source(x0=x0, basis=points.of(dirs),
                    correctives=points.of(flame.posedirs[:, :, 9:18]),
                    jaw_weight=points.of(flame.weights[:, JAW_JOINT]),
                    pivot=flame.j_regressor[JAW_JOINT] @ flame.v_template,
