@@ -286,8 +286,9 @@ def start_generation(context: Any) -> Generation:
     settings = context.scene.emote
     mesh = settings.rig or rig.find_rig_object(context)
     if mesh is None:
-        raise rig.RigError("No FLAME head found: select the head mesh (with Exp shape keys) or "
-                           "its armature, or set Head in the panel.")
+        raise rig.RigError("No head found: select a FLAME head (a mesh with Exp shape keys) "
+                           "or a character set up with 'Set Up Character', or its armature, or "
+                           "set Head in the panel.")
     strip = strips.find_sound_strip(context, settings.strip)
     jobs = _queue_lines(context, [(strip, mesh)])
     return jobs[0]
@@ -571,6 +572,13 @@ def apply_result(job: Generation, reply: dict[str, Any]) -> str:
                                       frame_info[:2], layers, geometry, living.lip_closure)
         notes = keys.write_channels(target, channels, shape_action, armature_action)
         notes += living_notes
+        if channels.report is not None:
+            from .character import quality_text
+
+            shape_action["emote_report"] = json.dumps(channels.report)
+            notes.append(f"The character reproduces {quality_text(channels.report)} of the "
+                         "motion.")
+            notes += channels.notes or []
         take = mesh.emote_takes.add()
         take.name = f"{label} #{len(mesh.emote_takes)}"
         take.label = label
@@ -609,6 +617,8 @@ def apply_result(job: Generation, reply: dict[str, Any]) -> str:
 
 
 def flame_frame_for(target: rig.Rig) -> tuple[np.ndarray, float, str]:
+    if target.mapping is not None:  # a character's bones go through its mapping's fit
+        return np.eye(3), 1.0, ""
     flame = None
     if target.armature is not None and "emote_flame_to_armature" not in target.armature:
         try:
@@ -636,11 +646,90 @@ def reapply_take_controls(mesh: Any, take: Any) -> None:
     channels = keys.take_channels(target, expression, jaw, placement, controls, frame, layers,
                                   geometry, take.lip_closure)
     keys.write_channels(target, channels, take.shape_action, take.armature_action)
+    if channels.report is not None:
+        take.shape_action["emote_report"] = json.dumps(channels.report)
 
 
 # -- the living layers ---------------------------------------------------------------------------
 
 _geometry_cache: dict[tuple, keys.HeadGeometry] = {}
+
+
+_source_cache: dict[tuple, keys.HeadGeometry] = {}
+
+
+def source_geometry(target: rig.Rig) -> keys.HeadGeometry:
+    """A mapped character's source FLAME head, with what the living layers need of it: the
+    built-in demo head for the demo model, else the FLAME file of the preferences (the one the
+    character was set up with). ``RigError`` when neither fits the mapping."""
+    prefs = preferences(bpy.context)
+    path = "" if prefs.model_kind == "DEMO" else prefs.flame_path
+    if not path and prefs.model_kind != "DEMO":
+        raise rig.RigError("A character's take needs the FLAME file of the preferences (the "
+                           "model's FLAME head); set it and generate again.")
+    if path:
+        path = bpy.path.abspath(path)
+        try:
+            key: tuple = (path, os.stat(path).st_mtime_ns)
+        except OSError:
+            raise rig.RigError(f"The FLAME file '{path}' cannot be read.") from None
+    else:
+        key = ("demo",)
+    if key not in _source_cache:
+        if path:
+            flame = flame_file(bpy.context)
+        else:
+            from .server.demo.head import build_demo_head
+
+            flame = build_demo_head().flame
+        _source_cache.clear()
+        _source_cache[key] = _flame_geometry(flame)
+    geometry = _source_cache[key]
+    if geometry.flame.n_vertices != target.mapping.flame_vertex_count:
+        raise rig.RigError(
+            f"'{target.mesh.name}' was set up with a FLAME head of "
+            f"{target.mapping.flame_vertex_count} vertices, but the model's head has "
+            f"{geometry.flame.n_vertices}: set the character up again.")
+    return geometry
+
+
+def flame_for_setup(context: Any) -> Any:
+    """The FLAME head a character is fitted to: the model's (see :func:`source_geometry`)."""
+    prefs = preferences(context)
+    if prefs.model_kind != "DEMO" and prefs.flame_path:
+        return flame_file(context)
+    if prefs.model_kind != "DEMO":
+        raise rig.RigError("Set the FLAME file in the add-on preferences: the character is "
+                           "fitted to the model's FLAME head.")
+    from .server.demo.head import build_demo_head
+
+    return build_demo_head().flame
+
+
+def _flame_geometry(flame: Any) -> keys.HeadGeometry:
+    from .motion import lower_face_shares
+    from .server.living.eyelids import eyelid_direction
+
+    geometry = keys.HeadGeometry(flame=flame)
+    try:
+        lids = eyelid_direction(flame)
+        geometry.eyelid_direction = np.asarray(lids.expression)
+        geometry.eyelid_correction = lids.correction
+    except ValueError:
+        pass
+    if _closure_available():
+        from .server.living.closure import lip_closure
+
+        try:
+            geometry.lip_closure = lip_closure(flame)
+        except ValueError:
+            pass
+    joints = flame.rest_joints()
+    heights = flame.v_template[:, 1]
+    geometry.lower_face_share = lower_face_shares(
+        np.moveaxis(flame.shapedirs[:, :, 300:], 2, 0), heights,
+        0.5 * (joints[2, 1] + joints[3, 1]))
+    return geometry
 
 
 def head_geometry(target: rig.Rig) -> tuple[keys.HeadGeometry, list[str]]:
@@ -763,6 +852,16 @@ def take_living(target: rig.Rig, controls: motion.LivingControls | None, shape_a
     """The take's living layers with ``controls`` (None for a take without living-face data,
     or with the layers turned off: ``controls`` None), the head's geometry for them, and
     notes."""
+    if target.mapping is not None:
+        geometry = source_geometry(target)
+        stored = shape_action.get("emote_living")
+        if not stored or controls is None:
+            return None, geometry, []
+        try:
+            layers = motion.living_layers(json.loads(stored), controls, frames)
+        except (ValueError, TypeError) as exc:
+            return None, geometry, [f"The take's living-face layers were left out: {exc}"]
+        return layers, geometry, []
     stored = shape_action.get("emote_living")
     if not stored or controls is None:
         return None, None, []

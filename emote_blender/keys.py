@@ -62,6 +62,10 @@ class Channels:
     correctives: np.ndarray  # (N, 36): the pose features of the neck, jaw and eyes
     bones: list[BoneChannel]
     keyed_joints: tuple[str, ...]  # the joints whose bones (and correctives) are keyed
+    key_names: list[str] | None = None  # a mapped character: its keys, for ``key_values``
+    key_values: np.ndarray | None = None  # (N, K)
+    report: dict[str, float] | None = None  # a mapped take: the share of motion reproduced
+    notes: list[str] | None = None
 
     def bone(self, joint_bone: str) -> BoneChannel | None:
         return next((b for b in self.bones if b.bone == joint_bone), None)
@@ -74,6 +78,8 @@ class HeadGeometry:
     eyelid_direction: np.ndarray | None = None  # (E,) expression that closes the lids
     eyelid_correction: np.ndarray | None = None  # (E, E): closing from a frame's expression
     lip_closure: Any | None = None  # server.living.closure.LipClosure
+    flame: Any | None = None  # a mapped character's source FLAME (FlameData)
+    lower_face_share: np.ndarray | None = None  # (E,) of the source FLAME's components
 
 
 def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: Placement,
@@ -82,7 +88,11 @@ def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: 
                   geometry: HeadGeometry | None = None, lip_closure: float = 1.0) -> Channels:
     """Everything to key, at every scene frame the strip plays (shifted by the offset). With
     ``living``, the take's living layers join in: lips shut at the closures, eyelids through
-    the head's eyelid direction, and the neck and eye bones."""
+    the head's eyelid direction, and the neck and eye bones. A mapped character's keys come
+    from the retarget (:func:`mapped_channels`)."""
+    if rig.mapping is not None:
+        return mapped_channels(rig, expression, jaw, placement, controls, living,
+                               geometry or HeadGeometry(), lip_closure)
     # Coefficients beyond the rig's keys count as lower face (np.resize would repeat them).
     share = np.ones(expression.shape[1])
     measured = lower_face_share(rig)[:len(share)]
@@ -127,6 +137,87 @@ def take_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: 
                                      location=location))
     return Channels(frames=frames, expression=expression, correctives=correctives,
                     bones=bones, keyed_joints=keyed)
+
+
+def mapped_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement: Placement,
+                    controls: motion.Controls, living: motion.LivingLayers | None,
+                    geometry: HeadGeometry, lip_closure: float = 1.0) -> Channels:
+    """A FLAME take on a character that is not a FLAME head: the artist controls and the
+    source's lip closure on the FLAME motion, then all frames solved onto the character's keys
+    at once (:func:`server.retarget.retarget`), resampled to the scene's frames; its jaw bone
+    as the solve turns it; blinks on its eyeBlink keys (or through FLAME's eyelid direction),
+    gaze on its eye bones (or eyeLook keys), head motion on its head bone."""
+    from .character import bone_rest_in_mesh, gaze_key_values
+    from .server.retarget import retarget
+
+    mapping, flame = rig.mapping, geometry.flame
+    if flame is None:
+        raise ValueError("A character's take needs its source FLAME head (the demo head, or "
+                         "the FLAME file of the preferences).")
+    share = geometry.lower_face_share
+    expression, jaw = motion.apply_controls(
+        expression, jaw, controls, None if share is None else share[:expression.shape[1]])
+    closure = None
+    if living is not None:
+        if living.closure is not None and geometry.lip_closure is not None and lip_closure > 0:
+            from .server.living.closure import close_lips
+
+            expression, jaw = close_lips(expression, jaw, living.closure, geometry.lip_closure,
+                                         lip_closure)
+            closure = living.closure if lip_closure >= 0.999 else None
+        blink_keys = [mapping.arkit.get(n) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+        if not all(blink_keys) and geometry.eyelid_direction is not None:
+            geometry_only = HeadGeometry(eyelid_direction=geometry.eyelid_direction,
+                                         eyelid_correction=geometry.eyelid_correction)
+            expression, jaw = _living_face(expression, jaw, motion.LivingLayers(
+                eyes=living.eyes, neck=living.neck, eyelids=living.eyelids, closure=None),
+                geometry_only, 0.0)
+    expression = expression[:, :flame.n_expression]
+    result = retarget(mapping, flame, expression, jaw, closure=closure)
+    weights = np.array(result.weights, np.float64)
+    names = list(mapping.key_names)
+    index = {name: i for i, name in enumerate(names)}
+    if living is not None:
+        extra = {}
+        for canonical in ("eyeBlinkLeft", "eyeBlinkRight"):
+            if canonical in mapping.arkit:
+                extra[mapping.arkit[canonical]] = living.eyelids
+        if not (rig.bone("left_eye") or rig.bone("right_eye")):
+            for canonical, values in gaze_key_values(living.eyes).items():
+                if canonical in mapping.arkit:
+                    extra[mapping.arkit[canonical]] = values
+        for name, values in extra.items():
+            i = index[name]
+            lo, hi = mapping.key_ranges[i]
+            weights[:, i] = np.clip(np.maximum(weights[:, i], values), lo, hi)
+    frames = np.arange(placement.frame_start, placement.frame_end, dtype=np.float64)
+    positions = motion.sample_positions(frames, placement.strip_start, placement.fps,
+                                        placement.sound_offset, placement.audio_start)
+    values = motion.resample_values(weights, positions)
+    frames = frames + controls.offset
+    rotations = {}
+    if result.jaw is not None and rig.bone("jaw"):
+        rotations["jaw"] = motion.resample_rotations(result.jaw, positions)
+    if living is not None:
+        rotations["neck"] = motion.resample_rotations(living.neck, positions)
+        rotations["left_eye"] = motion.resample_rotations(living.eyes[:, 0], positions)
+        rotations["right_eye"] = motion.resample_rotations(living.eyes[:, 1], positions)
+    bones = []
+    keyed = tuple(joint for joint in JOINTS if joint in rotations and rig.bone(joint))
+    c = mapping.rotation
+    for joint in keyed:
+        name = rig.bone(joint)
+        rest = mapping.jaw_rest if joint == "jaw" else bone_rest_in_mesh(
+            rig.mesh, rig.armature, name)[1]
+        turn = axis_angle_to_matrix(rotations[joint])
+        rot_bone = rest.T @ (c @ turn @ c.T) @ rest
+        channel, path = _rotation_channel(rig.armature.pose.bones[name], rot_bone)
+        bones.append(BoneChannel(bone=name, rotation=channel, rotation_path=path,
+                                 location=None))
+    return Channels(frames=frames, expression=np.zeros((len(frames), 0)),
+                    correctives=np.zeros((len(frames), 36)), bones=bones, keyed_joints=keyed,
+                    key_names=names, key_values=values, report=dict(result.report),
+                    notes=list(result.notes))
 
 
 def _living_face(expression: np.ndarray, jaw: np.ndarray, living: motion.LivingLayers,
@@ -204,6 +295,10 @@ def write_channels(rig: Rig, channels: Channels, shape_action: Any,
     blocks = key.key_blocks
     n = min(len(rig.expression_keys), channels.expression.shape[1])
     clipped = 0
+    if channels.key_names is not None:
+        for k, name in enumerate(channels.key_names):
+            values = channels.key_values[:, k]  # within the key's own slider range
+            fill_fcurve(curves, f'key_blocks["{name}"].value', 0, channels.frames, values)
     for k in range(n):
         if rig.expression_keys[k] is None:
             continue  # the rig lacks this key (the report names it)

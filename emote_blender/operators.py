@@ -198,6 +198,93 @@ class EMOTE_OT_create_flame_head(bpy.types.Operator):
         return {"FINISHED"}
 
 
+def _character_mesh(context: Any) -> Any:
+    obj = context.scene.emote.rig or context.active_object
+    if obj is not None and obj.type == "ARMATURE":
+        obj = next((c for c in obj.children if c.type == "MESH"), None)
+    if obj is None or obj.type != "MESH":
+        raise ValueError("Select the character's mesh (the one with its face's shape keys).")
+    return obj
+
+
+class EMOTE_OT_setup_character(bpy.types.Operator):
+    """Fit FLAME to the selected character (any shape-key face, ARKit-52 names recognised) and measure its keys, so takes can drive it; uses its landmark empties where you moved them"""  # noqa: E501
+
+    bl_idname = "emote.setup_character"
+    bl_label = "Set Up Character"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: Any) -> set[str]:
+        from . import character
+
+        try:
+            mesh = _character_mesh(context)
+            if rig.has_expression_keys(mesh):
+                raise ValueError(f"'{mesh.name}' is a FLAME head: it is animated directly and "
+                                 "needs no set-up.")
+            mapping = character.set_up(mesh, generation.flame_for_setup(context))
+        except (ValueError, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        notes = " ".join(mapping.notes)
+        self.report({"INFO"}, f"'{mesh.name}' is set up: it can express "
+                              f"{character.quality_text(mapping.quality)} of FLAME's motion. "
+                              f"{notes}".strip())
+        return {"FINISHED"}
+
+
+class EMOTE_OT_edit_landmarks(bpy.types.Operator):
+    """Show the character's face landmarks as empties to move in the viewport; Set Up Character again uses where they are"""  # noqa: E501
+
+    bl_idname = "emote.edit_landmarks"
+    bl_label = "Edit Landmarks"
+    bl_options = {"REGISTER", "UNDO"}
+
+    def execute(self, context: Any) -> set[str]:
+        from . import character
+
+        try:
+            mesh = _character_mesh(context)
+            mapping = character.mapping_of(mesh)
+        except ValueError as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        if mapping is None:
+            self.report({"ERROR"}, f"'{mesh.name}' is not set up yet: Set Up Character first.")
+            return {"CANCELLED"}
+        empties = character.show_landmarks(context, mesh, mapping)
+        self.report({"INFO"}, f"{len(empties)} landmarks on '{mesh.name}': move them, then Set "
+                              "Up Character again.")
+        return {"FINISHED"}
+
+
+class EMOTE_OT_export_mapping(bpy.types.Operator):
+    """Write the character's mapping as JSON (for python -m server generate --character)"""
+
+    bl_idname = "emote.export_mapping"
+    bl_label = "Export Mapping"
+
+    filepath: StringProperty(name="File", subtype="FILE_PATH", default="")
+
+    def invoke(self, context: Any, event: Any) -> set[str]:
+        if not self.filepath:
+            self.filepath = bpy.path.abspath("//character_mapping.json")
+        context.window_manager.fileselect_add(self)
+        return {"RUNNING_MODAL"}
+
+    def execute(self, context: Any) -> set[str]:
+        from . import character
+
+        try:
+            mesh = _character_mesh(context)
+            written = character.export_mapping(mesh, bpy.path.abspath(self.filepath))
+        except (ValueError, OSError) as exc:
+            self.report({"ERROR"}, str(exc))
+            return {"CANCELLED"}
+        self.report({"INFO"}, f"Wrote the mapping of '{mesh.name}' to {written}.")
+        return {"FINISHED"}
+
+
 class EMOTE_OT_check_worker(bpy.types.Operator):
     """Start the worker and say which inference backends it has (ONNX Runtime, torch, CUDA)"""
 
@@ -245,4 +332,5 @@ class EMOTE_OT_check_worker(bpy.types.Operator):
 
 CLASSES = (EMOTE_OT_generate, EMOTE_OT_generate_dialogue, EMOTE_OT_bake_dialogue,
            EMOTE_OT_channel_character, EMOTE_OT_cancel, EMOTE_OT_bake, EMOTE_OT_take_delete,
-           EMOTE_OT_create_flame_head, EMOTE_OT_check_worker)
+           EMOTE_OT_create_flame_head, EMOTE_OT_setup_character, EMOTE_OT_edit_landmarks,
+           EMOTE_OT_export_mapping, EMOTE_OT_check_worker)

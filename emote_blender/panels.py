@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import bpy
@@ -25,6 +26,7 @@ def draw_emote(layout: Any, context: Any) -> None:
     box.prop(settings, "rig")
     box.label(text=f"Head: {mesh.name}" if mesh else "Head: none selected",
               icon="OUTLINER_OB_MESH" if mesh else "ERROR")
+    _draw_character(box, context, mesh)
     strip_name = settings.strip
     if not strip_name:
         scene = compat.sequencer_scene(context)
@@ -74,6 +76,11 @@ def draw_emote(layout: Any, context: Any) -> None:
             col.prop(take, "mouth", slider=True)
             col.prop(take, "upper", slider=True)
             col.prop(take, "smoothing")
+            report = take.shape_action.get("emote_report") if take.shape_action else None
+            if report:
+                from .character import quality_text
+
+                col.label(text=f"Reproduces {quality_text(json.loads(report))}")
             if take.shape_action is not None and take.shape_action.get("emote_living"):
                 box = layout.box()
                 box.prop(take, "living")
@@ -92,6 +99,32 @@ def draw_emote(layout: Any, context: Any) -> None:
     layout.separator()
     layout.prop(settings, "exp_pattern")
     layout.operator("emote.create_flame_head", icon="MESH_MONKEY")
+
+
+def _draw_character(layout: Any, context: Any, mesh: Any) -> None:
+    """A character that is not a FLAME head: its mapping's state and quality, set-up buttons."""
+    from . import character
+
+    candidate = mesh or context.active_object
+    if candidate is None or candidate.type != "MESH" or rig.has_expression_keys(candidate):
+        return
+    try:
+        mapping = character.mapping_of(candidate)
+    except character.CharacterError:
+        mapping = None
+        layout.label(text="Its mapping is damaged: set it up again", icon="ERROR")
+    if mapping is not None:
+        layout.label(text=f"Character: {character.quality_text(mapping.quality)}",
+                     icon="COMMUNITY")
+        for note in mapping.notes[:3]:
+            layout.label(text=note, icon="INFO")
+    else:
+        layout.label(text=f"'{candidate.name}' is not set up as a character", icon="INFO")
+    row = layout.row(align=True)
+    row.operator("emote.setup_character", icon="MOD_SHRINKWRAP")
+    if mapping is not None:
+        row.operator("emote.edit_landmarks", text="", icon="EMPTY_AXIS")
+        row.operator("emote.export_mapping", text="", icon="EXPORT")
 
 
 def _draw_dialogue(layout: Any, context: Any) -> None:

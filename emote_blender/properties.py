@@ -148,6 +148,9 @@ def register() -> None:
         type=EmoteTake, override={"LIBRARY_OVERRIDABLE", "USE_INSERTION"})
     bpy.types.Object.emote_active_take = IntProperty(name="Take", default=-1, update=_switch,
                                                      override=overridable)
+    bpy.types.Object.emote_mapping = StringProperty(
+        name="Character Mapping", override=overridable,
+        description="How FLAME motion drives this character (JSON, made by Set Up Character)")
     bpy.types.Object.emote_original_shape_action = PointerProperty(
         type=bpy.types.Action, override=overridable)
     bpy.types.Object.emote_original_armature_action = PointerProperty(
@@ -155,7 +158,8 @@ def register() -> None:
 
 
 def unregister() -> None:
-    for name in ("emote_original_armature_action", "emote_original_shape_action",
+    for name in ("emote_mapping", "emote_original_armature_action",
+                 "emote_original_shape_action",
                  "emote_active_take", "emote_takes"):
         delattr(bpy.types.Object, name)
     del strip_type().emote_character

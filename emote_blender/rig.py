@@ -45,6 +45,7 @@ class Rig:
     jaw_bone: str | None
     notes: list[str] = field(default_factory=list)
     bones: dict[str, str] = field(default_factory=dict)  # FLAME joint name → bone name
+    mapping: Any = None  # a character that is not a FLAME head: its CharacterMapping
 
     def bone(self, joint: str) -> str | None:
         """The bone playing FLAME joint ``joint`` (neck, jaw, left_eye, right_eye), if any."""
@@ -119,6 +120,12 @@ def _has_expression_keys(obj: Any) -> bool:
     return bool(keys) and detect_convention([k.name for k in keys.key_blocks]) is not None
 
 
+def is_character(obj: Any) -> bool:
+    """A mesh the add-on can animate: a FLAME head, or a character with a mapping."""
+    return obj is not None and obj.type == "MESH" and (
+        _has_expression_keys(obj) or bool(getattr(obj, "emote_mapping", "")))
+
+
 def find_rig_object(context: Any) -> Any | None:
     """The FLAME mesh implied by the selection: the active mesh, or a mesh of the active
     armature."""
@@ -126,11 +133,11 @@ def find_rig_object(context: Any) -> Any | None:
     for obj in candidates:
         if obj is None:
             continue
-        if obj.type == "MESH" and _has_expression_keys(obj):
+        if is_character(obj):
             return obj
         if obj.type == "ARMATURE":
             for child in obj.children:
-                if child.type == "MESH" and _has_expression_keys(child):
+                if is_character(child):
                     return child
     return None
 
@@ -142,6 +149,9 @@ def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> R
         raise RigError("Select the FLAME head mesh (or its armature).")
     keys = mesh.data.shape_keys
     names = [k.name for k in keys.key_blocks] if keys else []
+    if getattr(mesh, "emote_mapping", "") and not exp_pattern and detect_convention(
+            names, n_expression) is None:
+        return describe_character(mesh)
     convention = detect_convention(names, n_expression) or OFFICIAL
     if exp_pattern:
         wanted = expression_names(exp_pattern, n_expression)
@@ -153,7 +163,8 @@ def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> R
         expression.pop()
     if not expression:
         raise RigError(f"'{mesh.name}' has no FLAME expression shape keys (Exp1… or Exp000…). "
-                       "Use a head made by the FLAME add-on or 'Create FLAME Head'.")
+                       "Use a head made by the FLAME add-on or 'Create FLAME Head', or, for "
+                       "any other character, 'Set Up Character'.")
     notes = []
     missing = [wanted[k] for k, name in enumerate(expression) if name is None]
     used = len(expression) - len(missing)
@@ -183,6 +194,44 @@ def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> R
         notes.append("No jaw bone found: expression is applied, the jaw is not animated.")
     return Rig(mesh=mesh, armature=armature, convention=convention, expression_keys=expression,
                corrective_keys=correctives, jaw_bone=jaw, notes=notes, bones=bones)
+
+
+def describe_character(mesh: Any) -> Rig:
+    """A character with a mapping (ARKit-52 or its own keys): its mapped keys, jaw bone and
+    the bones the living layers use (eyes; the head, or else the neck, for head motion)."""
+    from .character import (
+        HEAD_BONES,
+        LEFT_EYE_BONES,
+        RIGHT_EYE_BONES,
+        CharacterError,
+        armature_of,
+        find_bone,
+        mapping_of,
+    )
+
+    try:
+        mapping = mapping_of(mesh)
+    except CharacterError as exc:
+        raise RigError(str(exc)) from None
+    keys = mesh.data.shape_keys
+    present = {k.name for k in keys.key_blocks} if keys else set()
+    missing = [name for name in mapping.key_names if name not in present]
+    if missing:
+        raise RigError(f"'{mesh.name}' lost the shape keys {_listed(missing)} since it was set "
+                       "up: set the character up again.")
+    armature = armature_of(mesh)
+    bones: dict[str, str] = {}
+    if armature is not None:
+        if mapping.jaw_bone and mapping.jaw_bone in armature.data.bones:
+            bones["jaw"] = mapping.jaw_bone
+        for joint, aliases in (("left_eye", LEFT_EYE_BONES), ("right_eye", RIGHT_EYE_BONES),
+                               ("neck", HEAD_BONES)):
+            name = find_bone(armature, aliases)
+            if name is not None:
+                bones[joint] = name
+    return Rig(mesh=mesh, armature=armature, convention="MAPPED", expression_keys=[],
+               corrective_keys=[None] * POSE_FEATURES, jaw_bone=bones.get("jaw"),
+               notes=[], bones=bones, mapping=mapping)
 
 
 def check_editable(rig: Rig) -> None:

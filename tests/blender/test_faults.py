@@ -101,7 +101,7 @@ def test_rig_without_expression_keys(clean, addon, fixtures, tmp_path):
     for obj in list(bpy.context.selected_objects):
         obj.select_set(False)
     bpy.context.view_layer.objects.active = cube
-    with pytest.raises(RuntimeError, match="No FLAME head found"):
+    with pytest.raises(RuntimeError, match="No head found"):
         bpy.ops.emote.generate(wait=True)
     assert len(mesh.emote_takes) == 0
 
