@@ -259,6 +259,28 @@ def test_the_mouth_slit_is_found_on_a_dense_mesh(head):
     assert np.linalg.norm(mouth.right - v[truth["corners"][1]]) < 1e-3
 
 
+def test_a_welded_mouth_is_placed_by_the_artists_landmarks(head):
+    """Lips fused shut in the mesh: no slit to find, so the set-up says so; the artist's four
+    mouth landmarks then anchor the fit as the slit would have."""
+    import dataclasses
+
+    character = minimal_character()
+    geometry, truth = character.geometry, character.truth
+    weld = np.arange(geometry.n_vertices)
+    weld[truth["slit_lower"]] = truth["slit_upper"]
+    welded = dataclasses.replace(geometry, faces=weld[geometry.faces])
+    unaided = setup_character(welded, head.flame)
+    assert "mouth opening was not found" in unaided.notes[0]
+    v = geometry.vertices
+    marks = {"mouth_left": v[truth["corners"][0]], "mouth_right": v[truth["corners"][1]],
+             "upper_lip_inner": v[truth["upper_lip"]].mean(0),
+             "lower_lip_inner": v[truth["lower_lip"]].mean(0)}
+    placed = setup_character(welded, head.flame, landmarks=marks)
+    assert not any("not found" in note for note in placed.notes)
+    assert placed.quality["mouth"] > 0.6 and placed.quality["mouth"] > unaided.quality["mouth"]
+    assert abs(placed.scale - character.scale) < 0.1
+
+
 # -- (b), (c): faces that can say less ------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["b", "c"])

@@ -133,6 +133,10 @@ def setup_character(character: CharacterGeometry, flame: FlameData,
                      enforce_contact=False)
     mapping.quality = probe.report
     mapping.notes = _setup_notes(mapping, probe.report)
+    if fit.lip_pairs is None and not {"mouth_left", "mouth_right"} <= set(landmarks or {}):
+        mapping.notes.insert(0, "The character's mouth opening was not found from its "
+                             "geometry, so the fit started from the face its keys move; check "
+                             "the mouth landmarks and set it up again if they are off.")
     return mapping
 
 
