@@ -11,12 +11,14 @@ can be recomputed with other controls without running the network again:
 - :mod:`.eyelids`: the eyelid-closing direction in a FLAME file's expression space;
 - :mod:`.gaze`: fixations and saccades as axis-angle rotations of the FLAME eye joints;
 - :mod:`.head`: speech-driven and idle head motion on the FLAME neck joint;
+- :mod:`.closure`: the p/b/m closures found in the audio and the lips shut there;
 - :mod:`.layers`: all of them for one take, as the ``eyes``, ``neck`` and ``eyelids`` fields.
 
 No torch and no scipy: the Blender extension runs this code in Blender's Python.
 """
 
 from .blinks import Blink, BlinkTrack, blink_track
+from .closure import LipClosure, close_lips, closure_weights, lip_closure
 from .eyelids import EyelidDirection, EyelidVertices, eyelid_direction, find_eyelids
 from .gaze import GazeTrack, gaze_track
 from .head import HeadMotion, head_motion
@@ -30,7 +32,8 @@ from .layers import (
 from .speech import SpeechActivity, speech_activity
 
 __all__ = [
-    "Blink", "BlinkTrack", "EyelidDirection", "EyelidVertices", "GazeTrack", "HeadMotion",
+    "Blink", "BlinkTrack", "EyelidDirection", "LipClosure", "close_lips", "closure_weights",
+    "lip_closure", "EyelidVertices", "GazeTrack", "HeadMotion",
     "LivingLayers", "SpeechActivity", "blink_track", "emotion_weights", "eyelid_direction",
     "find_eyelids", "gaze_track", "head_motion", "layers_from_activity", "living_layers",
     "seed_from_hash", "speech_activity",
