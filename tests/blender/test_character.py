@@ -13,7 +13,7 @@ import pytest
 from mathutils import Matrix
 
 from tests.blender.conftest import ROOT
-from tests.blender.scenes import add_strip, evaluated_vertices
+from tests.blender.scenes import add_strip, evaluated_vertices, overridden_head
 from tests.blender.test_generate import fcurve_values, generate
 from tests.characters import arkit_character, viseme_character
 
@@ -200,3 +200,25 @@ def test_moved_landmarks_are_used_and_the_mapping_exports(clean, addon, demo_pre
     with pytest.raises(RuntimeError, match="not a character mapping"):
         bpy.ops.emote.export_mapping(filepath=str(blend))
     assert blend.read_text() == "keep me"
+
+
+def test_a_character_set_up_in_its_library_speaks_through_an_override(clean, addon, demo_prefs,
+                                                                     tmp_path):
+    strip = add_sentence(tmp_path)
+    test = arkit_character()
+    mesh = build_character(test)
+    assert bpy.ops.emote.setup_character() == {"FINISHED"}
+    mapping = mesh.emote_mapping
+    head = overridden_head(bpy.context.scene, mesh, tmp_path / "character.blend")
+    assert head.override_library is not None and head.emote_mapping == mapping
+    strip, take = sentence_take(head, strip, emotion="6")
+    _, values = fcurve_values(take.shape_action, head.data.shape_keys,
+                              'key_blocks["jawOpen"].value')
+    assert len(values) == strip.frame_final_end - strip.frame_final_start
+    shot = tmp_path / "shot.blend"
+    bpy.ops.wm.save_as_mainfile(filepath=str(shot))
+    bpy.ops.wm.open_mainfile(filepath=str(shot))
+    head = next(o for o in bpy.data.objects if o.type == "MESH" and o.emote_takes)
+    assert head.emote_mapping == mapping and len(head.emote_takes) == 1
+    head.emote_takes[0].mouth = 0.5  # the controls still re-key it after reopening
+    assert addon.rig.describe_rig(head).mapping is not None
