@@ -147,6 +147,23 @@ def test_an_arkit_head_is_set_up_and_speaks(clean, addon, demo_prefs, tmp_path):
     _, still = fcurve_values(take.shape_action, keys, 'key_blocks["eyeBlinkLeft"].value')
     assert still.max() < blink.max()
 
+    # The panel shows the character's state and the take's layers and report.
+    from tests.blender.test_faults import RecordingLayout
+
+    layout = RecordingLayout()
+    addon.panels.draw_emote(layout, bpy.context)
+    labels = [kwargs.get("text") for name, _, kwargs in layout.log if name == "label"]
+    assert any(t and t.startswith("Character: mouth") for t in labels), labels
+    assert any(t and t.startswith("Reproduces mouth") for t in labels), labels
+    operators = [args[0] for name, args, _ in layout.log if name == "operator"]
+    for name in ("emote.setup_character", "emote.edit_landmarks", "emote.export_mapping",
+                 "emote.generate_dialogue", "emote.bake_dialogue", "emote.bake"):
+        assert name in operators, name
+    props = [args[1] for name, args, _ in layout.log if name == "prop"]
+    for name in ("living", "blinks", "blink_rate", "eye_motion", "look_at", "head_motion",
+                 "lip_closure", "variation", "emote_character"):
+        assert name in props, name
+
     # Bake works as on FLAME heads.
     assert bpy.ops.emote.bake() == {"FINISHED"}
     assert len(keys.animation_data.nla_tracks) == 1
