@@ -39,12 +39,10 @@ class CharacterError(ValueError):
 
 
 def armature_of(mesh: Any) -> Any | None:
-    if mesh.parent is not None and mesh.parent.type == "ARMATURE":
-        return mesh.parent
-    for modifier in mesh.modifiers:
-        if modifier.type == "ARMATURE" and modifier.object is not None:
-            return modifier.object
-    return None
+    """The armature deforming ``mesh`` (its parent, or its Armature modifier's object)."""
+    from .rig import armature_of as of_rig
+
+    return of_rig(mesh)
 
 
 def find_bone(armature: Any | None, aliases: tuple[str, ...]) -> str | None:

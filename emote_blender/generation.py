@@ -707,7 +707,9 @@ def flame_for_setup(context: Any) -> Any:
 
 
 def _flame_geometry(flame: Any) -> keys.HeadGeometry:
+    """What the living layers (and a mapped character's take) need of a FLAME head."""
     from .motion import lower_face_shares
+    from .server.living.closure import lip_closure
     from .server.living.eyelids import eyelid_direction
 
     geometry = keys.HeadGeometry(flame=flame)
@@ -717,13 +719,10 @@ def _flame_geometry(flame: Any) -> keys.HeadGeometry:
         geometry.eyelid_correction = lids.correction
     except ValueError:
         pass
-    if _closure_available():
-        from .server.living.closure import lip_closure
-
-        try:
-            geometry.lip_closure = lip_closure(flame)
-        except ValueError:
-            pass
+    try:
+        geometry.lip_closure = lip_closure(flame)
+    except ValueError:
+        pass
     joints = flame.rest_joints()
     heights = flame.v_template[:, 1]
     geometry.lower_face_share = lower_face_shares(
@@ -751,8 +750,7 @@ def head_geometry(target: rig.Rig) -> tuple[keys.HeadGeometry, list[str]]:
         if not direction:
             notes.append("This head's FLAME file has no eyelids that close: no blinks.")
         return geometry, notes
-    if geometry.eyelid_direction is None or (geometry.lip_closure is None
-                                             and _closure_available()):
+    if geometry.eyelid_direction is None or geometry.lip_closure is None:
         from_file, problem = _geometry_from_flame_file(target)
         if from_file is not None:
             if geometry.eyelid_direction is None:
@@ -764,15 +762,7 @@ def head_geometry(target: rig.Rig) -> tuple[keys.HeadGeometry, list[str]]:
     return geometry, notes
 
 
-def _closure_available() -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(f"{__package__}.server.living.closure") is not None
-
-
 def _lip_closure_from(values: Any) -> Any | None:
-    if not _closure_available():
-        return None
     from .server.living.closure import LipClosure
 
     try:
@@ -793,7 +783,6 @@ def _geometry_from_flame_file(target: rig.Rig) -> tuple[keys.HeadGeometry | None
         return None, f"The FLAME file '{path}' cannot be read, so this head has no blinks."
     key = (path, stamp)
     if key not in _geometry_cache:
-        from .server.living.eyelids import eyelid_direction
 
         try:
             flame = flame_file(bpy.context)
@@ -803,22 +792,8 @@ def _geometry_from_flame_file(target: rig.Rig) -> tuple[keys.HeadGeometry | None
             return None, (f"The FLAME file has {flame.n_vertices} vertices and "
                           f"'{target.mesh.name}' has {len(target.mesh.data.vertices)}: no "
                           "blinks or lip closure on this head.")
-        geometry = keys.HeadGeometry()
-        try:
-            lids = eyelid_direction(flame)
-            geometry.eyelid_direction = np.asarray(lids.expression)
-            geometry.eyelid_correction = lids.correction
-        except ValueError:
-            pass
-        if _closure_available():
-            from .server.living.closure import lip_closure
-
-            try:
-                geometry.lip_closure = lip_closure(flame)
-            except ValueError:
-                pass
         _geometry_cache.clear()
-        _geometry_cache[key] = geometry
+        _geometry_cache[key] = _flame_geometry(flame)
     return _geometry_cache[key], ""
 
 

@@ -101,7 +101,7 @@ def _listed(names: list[str], most: int = 5) -> str:
     return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
-def _armature_of(mesh: Any) -> Any | None:
+def armature_of(mesh: Any) -> Any | None:
     if mesh.parent is not None and mesh.parent.type == "ARMATURE":
         return mesh.parent
     for modifier in mesh.modifiers:
@@ -181,7 +181,7 @@ def describe_rig(mesh: Any, n_expression: int = 100, exp_pattern: str = "") -> R
                      "are ignored.")
     correctives = [pose_key_name(convention, i) if pose_key_name(convention, i) in present
                    else None for i in range(POSE_FEATURES)]
-    armature = _armature_of(mesh)
+    armature = armature_of(mesh)
     bones: dict[str, str] = {}
     if armature is not None:
         by_name = {bone.name.lower(): bone.name for bone in armature.data.bones}
@@ -434,8 +434,7 @@ def store_head_geometry(mesh: Any, flame: Any) -> list[str]:
     eyelid-closing direction in its expression space (server/living/eyelids.py) and the
     lip-closure operator (server/living/closure.py); an empty list where the file's lids or
     lips cannot be found. Returns notes saying so."""
-    import importlib.util
-
+    from .server.living.closure import lip_closure
     from .server.living.eyelids import eyelid_direction
 
     notes = []
@@ -446,12 +445,9 @@ def store_head_geometry(mesh: Any, flame: Any) -> list[str]:
     except ValueError as exc:
         mesh["emote_eyelid_direction"] = []
         notes.append(f"No blinks on this head: {exc}")
-    if importlib.util.find_spec(f"{__package__}.server.living.closure") is not None:
-        from .server.living.closure import lip_closure
-
-        try:
-            mesh["emote_lip_closure"] = lip_closure(flame).to_list()
-        except ValueError as exc:
-            mesh["emote_lip_closure"] = []
-            notes.append(f"No lip closure on this head: {exc}")
+    try:
+        mesh["emote_lip_closure"] = lip_closure(flame).to_list()
+    except ValueError as exc:
+        mesh["emote_lip_closure"] = []
+        notes.append(f"No lip closure on this head: {exc}")
     return notes

@@ -131,3 +131,15 @@ def clean(addon):
     settings.channel_characters.clear()
     settings.bake_mode = "NLA"
     return scene
+
+
+@pytest.fixture
+def demo_prefs(addon):
+    """A fresh install's preferences: the built-in demo model, no FLAME file (so Create FLAME
+    Head makes the demo head); restored afterwards."""
+    prefs = bpy.context.preferences.addons[addon.__name__].preferences
+    saved = prefs.model_kind, prefs.flame_path
+    prefs.property_unset("model_kind")
+    prefs.flame_path = ""
+    yield prefs
+    prefs.model_kind, prefs.flame_path = saved

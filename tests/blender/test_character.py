@@ -68,16 +68,6 @@ def build_character(test):
     return mesh
 
 
-@pytest.fixture
-def demo_prefs(addon):
-    prefs = bpy.context.preferences.addons[addon.__name__].preferences
-    saved = prefs.model_kind, prefs.flame_path
-    prefs.property_unset("model_kind")
-    prefs.flame_path = ""
-    yield prefs
-    prefs.model_kind, prefs.flame_path = saved
-
-
 def add_sentence(tmp_path):
     """The shipped sentence as a strip at frame 1: first, since on 4.2 it opens a file."""
     return add_strip(bpy.context.scene, ROOT / "server" / "demo" / "sentence.wav", start=1,

@@ -103,22 +103,20 @@ def test_the_evaluated_mesh_equals_flame_with_the_layers(clean, addon, fixtures,
         assert np.abs(evaluated_vertices(mesh, frame) - reference[n]).max() < 1e-5, frame
 
 
+def demo_head_take(tmp_path, **settings):
+    """The demo head speaking the shipped sentence (strip at frame 1) with the demo model."""
+    strip = add_strip(bpy.context.scene, ROOT / "server" / "demo" / "sentence.wav", start=1,
+                      trim=0, tmp=tmp_path)
+    assert bpy.ops.emote.create_flame_head() == {"FINISHED"}
+    mesh = bpy.context.view_layer.objects.active
+    assert generate(**settings) == {"FINISHED"}
+    return strip, mesh
 
-def test_blinks_close_the_demo_heads_lids(clean, addon, tmp_path):
+
+def test_blinks_close_the_demo_heads_lids(clean, addon, demo_prefs, tmp_path):
     """The built-in demo head and model (a fresh install): at a blink's peak the evaluated
     lids are shut, and a blink does not move the mouth."""
-    prefs = bpy.context.preferences.addons[addon.__name__].preferences
-    saved = prefs.model_kind, prefs.flame_path
-    prefs.property_unset("model_kind")
-    prefs.flame_path = ""
-    try:
-        strip = add_strip(bpy.context.scene, ROOT / "server" / "demo" / "sentence.wav",
-                          start=1, trim=0, tmp=tmp_path)
-        assert bpy.ops.emote.create_flame_head() == {"FINISHED"}
-        mesh = bpy.context.view_layer.objects.active
-        assert generate(emotion="0", intensity="0") == {"FINISHED"}
-    finally:
-        prefs.model_kind, prefs.flame_path = saved
+    strip, mesh = demo_head_take(tmp_path, emotion="0", intensity="0")
     take = mesh.emote_takes[0]
     take.lip_closure = 0.0
     take.blink_rate = 10.0
@@ -173,23 +171,12 @@ def test_the_eyes_look_at_the_chosen_object(clean, addon, fixtures, tmp_path):
     assert np.median(error) < 2.0, error
 
 
-def test_lip_closure_shuts_the_lips_on_p_b_and_m(clean, addon, tmp_path):
+def test_lip_closure_shuts_the_lips_on_p_b_and_m(clean, addon, demo_prefs, tmp_path):
     """The demo head and model on the shipped sentence ("Peter's mother made …"): at the
     frames the detector marks, the evaluated inner lips meet with Lip Closure on and part
     without it; the head made here carries the closing operator."""
-    prefs = bpy.context.preferences.addons[addon.__name__].preferences
-    saved = prefs.model_kind, prefs.flame_path
-    prefs.property_unset("model_kind")
-    prefs.flame_path = ""
-    try:
-        strip = add_strip(bpy.context.scene, ROOT / "server" / "demo" / "sentence.wav",
-                          start=1, trim=0, tmp=tmp_path)
-        assert bpy.ops.emote.create_flame_head() == {"FINISHED"}
-        mesh = bpy.context.view_layer.objects.active
-        assert len(mesh["emote_lip_closure"]) > 0
-        assert generate(emotion="1", intensity="1") == {"FINISHED"}
-    finally:
-        prefs.model_kind, prefs.flame_path = saved
+    strip, mesh = demo_head_take(tmp_path, emotion="1", intensity="1")
+    assert len(mesh["emote_lip_closure"]) > 0
     take = mesh.emote_takes[0]
     living = json.loads(take.shape_action["emote_living"])
     closure = np.asarray(living["closure"])
