@@ -330,9 +330,7 @@ def _generate(args: argparse.Namespace) -> int:
                          else (None, ""))
     arkit = None if args.arkit_csv is None else _arkit_source(head, head_source, mapping,
                                                                args.character)
-    lip_closure = None
-    if wants_closure:
-        lip_closure = _lip_closure(head, head_source)
+    lip_closure, closure_note = _lip_closure(head, head_source) if wants_closure else (None, "")
     suffix = "." + (args.format or "npz")
     jobs = [(audio, cond, args.output / f"{audio.stem}_{name}{suffix}" if batch else args.output)
             for audio in inputs for name, cond in conditions]
@@ -359,6 +357,9 @@ def _generate(args: argparse.Namespace) -> int:
                 take, extras["closure"] = _close_lips(clip, take, lip_closure,
                                                       args.lip_closure)
             _write(out, take, flame, extras)
+            if closure_note:  # said once, with the first take written
+                print(f"note: {closure_note}", file=sys.stderr)
+                closure_note = ""
             if not batch:
                 print(f"wrote {out} ({take.frames} frames at {take.fps} fps, {take.label})")
             if arkit is not None:
@@ -421,22 +422,20 @@ def _head_geometry(loaded: Any, flame: Any) -> tuple[Any, str]:
     return None, ""
 
 
-def _lip_closure(flame: Any, source: str) -> Any:
+def _lip_closure(flame: Any, source: str) -> tuple[Any, str]:
     """The lip-closing operator (server/living/closure.py) of the head the take is for
-    (:func:`_head_geometry`); None, after one note, when there is no geometry or its lips
-    cannot be found."""
+    (:func:`_head_geometry`), or None and the note that says why the lips are not shut (printed
+    with the first take written)."""
     from .living.closure import lip_closure
 
     if flame is None:
-        print("note: the lips were not shut at p, b and m: no head geometry is known (give "
-              "--flame); the take's closure field says where they would shut", file=sys.stderr)
-        return None
+        return None, ("the lips were not shut at p, b and m: no head geometry is known (give "
+                      "--flame); the take's closure field says where they would shut")
     try:
-        return lip_closure(flame)
+        return lip_closure(flame), ""
     except ValueError as exc:
-        print(f"note: the lips were not shut at p, b and m: {source}: {exc} The take's closure "
-              "field says where they would shut.", file=sys.stderr)
-        return None
+        return None, (f"the lips were not shut at p, b and m: {source}: {exc} The take's "
+                      "closure field says where they would shut.")
 
 
 def _close_lips(clip: Any, take: Any, closure: Any, amount: float) -> tuple[Any, Any]:

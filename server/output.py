@@ -16,9 +16,9 @@ import secrets
 import stat
 import tempfile
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
@@ -144,25 +144,33 @@ def write_take(path: Path, take: Take, vertices: np.ndarray | None = None,
                           "infinity); write the take with --no-extras and report this audio.")
     check_output_file(path)
     arrays = take_arrays(take, vertices, faces, extras)
+
+    def write(f: BinaryIO) -> None:
+        if path.suffix.lower() == ".json":
+            payload = {k: (v.item() if v.ndim == 0 else v.tolist()) for k, v in arrays.items()}
+            f.write(json.dumps(payload, allow_nan=False).encode())
+        else:
+            np.savez(f, **arrays)
+
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        # os.open with 0o666: the umask decides the mode, as for any file the user creates.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                if path.suffix.lower() == ".json":
-                    payload = {k: (v.item() if v.ndim == 0 else v.tolist())
-                               for k, v in arrays.items()}
-                    f.write(json.dumps(payload, allow_nan=False).encode())
-                else:
-                    np.savez(f, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(path, write)
     except OSError as exc:
         raise OutputError(f"Could not write '{path}' ({exc.strerror or exc}); choose an output "
                           "folder you can write to.") from None
     return path
+
+
+def write_atomically(path: Path, write: Callable[[BinaryIO], None]) -> None:
+    """``write`` into a new file beside ``path``, then rename it over ``path``: a reader never
+    sees half a file, and a failed write leaves what was there. The file gets the umask's
+    mode, as any file the user creates (``os.open`` with 0o666)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)

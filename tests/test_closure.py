@@ -2,7 +2,6 @@
 """Lip closure: the inner-lip pairs of a FLAME file, the closing operator, the p/b/m detector."""
 
 import json
-import time
 from pathlib import Path
 
 import numpy as np
@@ -214,17 +213,16 @@ def test_fewer_expression_components_and_bad_shapes(demo_closure):
         close_lips(np.zeros((3, 120)), jaw, np.ones(3), demo_closure)
 
 
-def test_a_minute_take_closes_in_well_under_50_ms(demo_closure):
+def test_a_minute_take_closes_in_one_solve(demo_closure):
+    """1500 frames at once, dtypes kept (bench/lip_closure.py times it)."""
     rng = np.random.default_rng(3)
     expression = rng.normal(0, 1, (1500, 100)).astype(np.float32)
     jaw = rng.normal(0, 0.1, (1500, 3)).astype(np.float32)
     weights = rng.uniform(0, 1, 1500)
-    times = []
-    for _ in range(5):
-        start = time.perf_counter()
-        close_lips(expression, jaw, weights, demo_closure)
-        times.append(time.perf_counter() - start)
-    assert min(times) < 0.025
+    closed, closed_jaw = close_lips(expression, jaw, weights, demo_closure)
+    assert closed.shape == expression.shape and closed.dtype == np.float32
+    assert closed_jaw.dtype == np.float32
+    np.testing.assert_allclose(closed_jaw, jaw * (1 - weights[:, None]), rtol=1e-5, atol=1e-6)
 
 
 def test_the_closure_travels_as_a_flat_list(demo_closure):

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 import pytest
@@ -32,9 +31,7 @@ def _vertices(head, expression: dict[str, float] | None = None, jaw: float = 0.0
 
 
 def test_demo_head_has_the_flame_layout_and_is_deterministic(tmp_path, head):
-    started = time.perf_counter()
     path = write_demo_head(tmp_path)
-    assert time.perf_counter() - started < 2.0
     flame = load_flame_file(path, tmp_path / "landmark_embedding.npy")
     n = flame.n_vertices
     assert flame.shapedirs.shape == (n, 3, 400) and flame.posedirs.shape == (n, 3, 36)

@@ -51,13 +51,14 @@ from __future__ import annotations
 import math
 import os
 import re
-import secrets
 import stat
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from ..output import write_atomically
 
 # The coefficients in Live Link Face's column order (JawRight/JawLeft and MouthRight/MouthLeft
 # as the app writes them).
@@ -273,18 +274,7 @@ def write_livelink_csv(path: str | Path, weights: Mapping[str, np.ndarray], fps:
         lines.append(f"{format_timecode(start + i, fps)},{BLENDSHAPE_COUNT},{values}")
     text = "\n".join(lines) + "\n"
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.tmp"
-        # 0o666 with os.open: the umask decides the mode, as for any file the user creates.
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0),
-                     0o666)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(text.encode("ascii"))
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        write_atomically(path, lambda f: f.write(text.encode("ascii")))
     except OSError as exc:
         raise LiveLinkError(f"Could not write '{path}' ({exc.strerror or exc}); choose a folder "
                             "you can write to.") from None
