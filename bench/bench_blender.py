@@ -4,6 +4,7 @@ installs it, the worker being Blender's own Python (ONNX Runtime from the extens
 medians of repeated runs:
 
 * writing a 60 s take at 30 fps (100 expression keys, jaw rotation + pivot, 9 correctives);
+* Set Up Character on the procedural ARKit test head, and a 60 s take at 30 fps on it;
 * the worker's cold start (process start → model loaded) with the built-in demo model and with
   the full-size EMOTE v2 architecture (wav2vec2-base, random weights);
 * click → keys for a 10 s clip with a warm worker and the full-size model: first generation,
@@ -94,6 +95,45 @@ def bake_60s(addon, runs: int) -> float:
     return statistics.median(times)
 
 
+def character(addon, runs: int) -> tuple[float, float]:
+    """(Set Up Character, write a 60 s take at 30 fps) on the procedural ARKit test head
+    (7,159 vertices, 52 keys, a jaw bone): reading the mesh, the FLAME fit and the mapping's
+    JSON; then the retarget solve and the keys. Medians."""
+    import importlib
+
+    from server.demo.head import build_demo_head
+    from tests.blender.test_character import build_character
+    from tests.characters import arkit_character
+
+    mesh = build_character(arkit_character())
+    flame = build_demo_head().flame
+    setups = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        importlib.import_module(MODULE + ".character").set_up(mesh, flame)
+        setups.append(time.perf_counter() - start)
+    keys, motion, rig = addon.keys, addon.motion, addon.rig
+    target = rig.describe_rig(mesh)
+    geometry = addon.generation._flame_geometry(flame)
+    rng = np.random.default_rng(0)
+    expression = np.zeros((1500, 100))
+    expression[:, :18] = rng.normal(0, 0.5, (1500, 18))
+    jaw = np.abs(rng.normal(0, 0.1, (1500, 3))) * [1, 0, 0]
+    placement = keys.Placement(strip_start=1, fps=30.0, sound_offset=0.0, audio_start=0.0,
+                               frame_start=1, frame_end=1801)
+    writes = []
+    for _ in range(runs):
+        shape, armature = keys.new_take_actions(target, "bench")
+        start = time.perf_counter()
+        channels = keys.take_channels(target, expression, jaw, placement, motion.Controls(),
+                                      (np.eye(3), 1.0), None, geometry)
+        keys.write_channels(target, channels, shape, armature)
+        writes.append(time.perf_counter() - start)
+        bpy.data.actions.remove(shape)
+        bpy.data.actions.remove(armature)
+    return statistics.median(setups), statistics.median(writes)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -121,11 +161,16 @@ def main() -> None:
             assert bpy.ops.emote.generate(wait=True) == {"FINISHED"}
             again.append(time.perf_counter() - start)
         backends = generation.client().ready["backends"]
+        setup_s, character_s = character(addon, args.runs)  # last: it changes the selection
         print(f"Blender {bpy.app.version_string}, worker: Blender's own Python "
               f"(ONNX Runtime {backends['onnx']}, torch {backends['torch']}), CPU, "
               f"medians of {args.runs} runs")
         print(f"  write a 60 s take at 30 fps (100 Exp + jaw + 9 correctives): "
               f"{bake * 1000:.1f} ms")
+        print(f"  Set Up Character, ARKit test head (7,159 vertices, 52 keys, jaw bone): "
+              f"{setup_s:.2f} s")
+        print(f"  a 60 s take at 30 fps on it (retarget + 52 keys + jaw): "
+              f"{character_s * 1000:.0f} ms")
         print(f"  worker cold start to the demo model loaded: "
               f"{statistics.median(demo_cold):.2f} s")
         print(f"  worker cold start to model loaded (wav2vec2-base size): "

@@ -33,6 +33,7 @@ class Worker:
         self._busy = threading.Event()
         self.animator: Any = None
         self.model_key: tuple | None = None
+        self._living_cache: dict[tuple, dict[str, Any]] = {}  # insertion order: oldest first
 
     # -- output ---------------------------------------------------------------------------
     def send(self, kind: str, **fields: Any) -> None:
@@ -215,11 +216,27 @@ class Worker:
             reply["expression"] = _rows(take.expression)
             reply["jaw"] = _rows(take.jaw)
             if message.get("living", True) is not False:
-                reply["living"] = living_data(clip, take, self.animator.space.emotions)
+                reply["living"] = self._living(clip, take)
         self.send(protocol.RESULT, **reply)
 
 
-def living_data(clip: Any, take: Any, emotions: Any) -> dict[str, Any]:
+    def _living(self, clip: Any, take: Any) -> dict[str, Any]:
+        """:func:`living_data`, its audio part (speech activity, closures) cached by the
+        audio's content like the model's audio features: another emotion costs nothing more."""
+        key = (clip.content_hash(), take.frames)
+        audio_part = self._living_cache.pop(key, None)
+        data = living_data(clip, take, self.animator.space.emotions, audio_part)
+        self._living_cache[key] = {k: data[k] for k in ("activity", "seed", "closure")}
+        while len(self._living_cache) > LIVING_CACHE_SIZE:
+            self._living_cache.pop(next(iter(self._living_cache)))
+        return data
+
+
+LIVING_CACHE_SIZE = 16
+
+
+def living_data(clip: Any, take: Any, emotions: Any,
+                audio_part: dict[str, Any] | None = None) -> dict[str, Any]:
     """What the add-on computes a take's living layers from (blinks, gaze, head motion, lip
     closure) with its own controls, without the audio: the speech activity, the seed, the
     per-frame emotion weights and the p/b/m closure weights (see :mod:`server.living`)."""
@@ -228,10 +245,13 @@ def living_data(clip: Any, take: Any, emotions: Any) -> dict[str, Any]:
 
     names = list(emotions)
     weights = np.asarray(take.condition, np.float64)[:, :len(names)]
-    return {"activity": speech_activity(clip.samples, take.frames).to_dict(),
-            "seed": seed_from_hash(clip.content_hash()), "emotions": names,
-            "emotion_weights": np.round(weights, 5).tolist(),
+    if audio_part is None:
+        audio_part = {
+            "activity": speech_activity(clip.samples, take.frames).to_dict(),
+            "seed": seed_from_hash(clip.content_hash()),
             "closure": np.round(closure_weights(clip.samples, take.frames), 4).tolist()}
+    return {**audio_part, "emotions": names,
+            "emotion_weights": np.round(weights, 5).tolist()}
 
 
 def _rows(array: np.ndarray) -> list[list[float]]:
