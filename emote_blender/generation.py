@@ -231,10 +231,14 @@ def queued() -> list[Generation]:
     return list(_queued)
 
 
-def strip_identity(strip: Any) -> str:
-    """The strip's lasting identity (made on first use)."""
+def strip_identity(strip: Any, scene: Any = None) -> str:
+    """The strip's lasting identity (made on first use). A strip duplicated in the sequencer
+    carries its original's custom properties: when another strip of ``scene`` holds the same
+    identity, this one gets its own."""
     value = strip.get(STRIP_ID)
-    if not isinstance(value, str) or not value:
+    shared = scene is not None and isinstance(value, str) and any(
+        other != strip and other.get(STRIP_ID) == value for other in compat.all_strips(scene))
+    if not isinstance(value, str) or not value or shared:
         value = uuid.uuid4().hex
         strip[STRIP_ID] = value
     return value
@@ -377,7 +381,8 @@ def _queue_lines(context: Any, lines: list[tuple[Any, Any]]) -> list[Generation]
                 token=uuid.uuid4().hex, head_name=mesh.name, audio=audio,
                 exp_pattern=settings.exp_pattern, label_parts=label_parts(settings),
                 condition=condition, notes=list(target.notes),
-                strip_id=strip_identity(strip), line=n, lines=len(checked)))
+                strip_id=strip_identity(strip, compat.sequencer_scene(context)), line=n,
+                lines=len(checked)))
     except BaseException:
         for _, _, _, audio in checked:
             audio.cleanup()  # a packed sound's copy never outlives a failed start

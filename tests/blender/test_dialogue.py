@@ -94,3 +94,15 @@ def test_a_strip_without_a_character_is_named_and_nothing_starts(clean, addon, f
     with pytest.raises(RuntimeError, match="No character for the strips narrator"):
         bpy.ops.emote.generate_dialogue(wait=True)
     assert addon.generation.pending() is None and not addon.generation.STATE.running
+
+
+def test_a_duplicated_strip_gets_its_own_identity(clean, addon, fixtures, tmp_path):
+    strips = add_strips(bpy.context.scene, [("line", fixtures / "speech.wav", 1, 1),
+                                            ("line copy", fixtures / "speech.wav", 2, 1)],
+                        tmp_path)
+    scene = bpy.context.scene
+    first = addon.generation.strip_identity(strips["line"], scene)
+    strips["line copy"]["emote_strip_id"] = first  # as Shift+D copies custom properties
+    second = addon.generation.strip_identity(strips["line copy"], scene)
+    assert second != first and strips["line copy"]["emote_strip_id"] == second
+    assert addon.generation.strip_identity(strips["line"], scene) == first
