@@ -21,6 +21,7 @@ from typing import Any
 
 import bpy
 import numpy as np
+from mathutils import Vector
 
 from . import compat, keys, motion, rig, strips
 from .preferences import ADDON_ROOT, preferences
@@ -808,7 +809,9 @@ def living_controls(take: Any, target: rig.Rig, frame: tuple[np.ndarray, float]
     frame (from the eyes, at the object's current position)."""
     direction = None
     look_at = take.look_at
-    if look_at is not None and target.armature is not None:
+    if look_at is not None and target.mapping is not None:
+        direction = _character_look_direction(target, np.array(look_at.matrix_world.translation))
+    elif look_at is not None and target.armature is not None:
         c, scale = frame
         to_armature = np.array(target.armature.matrix_world.inverted())
         point = to_armature[:3, :3] @ np.array(look_at.matrix_world.translation) + \
@@ -824,6 +827,24 @@ def living_controls(take: Any, target: rig.Rig, frame: tuple[np.ndarray, float]
                                  eyes=take.eye_motion, head=take.head_motion,
                                  lip_closure=take.lip_closure, seed=take.variation,
                                  target=direction)
+
+
+def _character_look_direction(target: rig.Rig, world_point: np.ndarray) -> np.ndarray | None:
+    """A look-at point as a FLAME-frame direction from a mapped character's eyes (its eye
+    bones' heads, else its eye landmarks), through the mapping's fit."""
+    from .character import bone_rest_in_mesh
+
+    mesh = target.mesh
+    point = np.array(mesh.matrix_world.inverted() @ Vector(world_point.tolist()))
+    eyes = [bone_rest_in_mesh(mesh, target.armature, target.bone(j))[0]
+            for j in ("left_eye", "right_eye") if target.bone(j)]
+    if not eyes:
+        marks = target.mapping.landmarks
+        eyes = [np.asarray(v) for name, v in marks.items() if "eye" in name]
+    if not eyes:
+        return None
+    direction = target.mapping.rotation.T @ (point - np.mean(eyes, axis=0))
+    return direction if np.linalg.norm(direction) > 1e-9 else None
 
 
 def take_living(target: rig.Rig, controls: motion.LivingControls | None, shape_action: Any,

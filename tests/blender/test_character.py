@@ -137,6 +137,23 @@ def test_an_arkit_head_is_set_up_and_speaks(clean, addon, demo_prefs, tmp_path):
     _, still = fcurve_values(take.shape_action, keys, 'key_blocks["eyeBlinkLeft"].value')
     assert still.max() < blink.max()
 
+    # Look At: the eyeLook keys turn the eyes to an object at the subject's left.
+    m = addon.character.mapping_of(mesh)
+    eyes = np.mean([v for n, v in m.landmarks.items() if "eye" in n], axis=0)
+    target = bpy.data.objects.new("target", None)
+    bpy.context.scene.collection.objects.link(target)
+    target.location = tuple(eyes + m.rotation @ np.array([0.3, 0.0, 1.0]))
+    bpy.context.view_layer.update()
+    take.living = True
+    take.eye_motion = 0.0
+    take.look_at = target
+    wanted = np.degrees(np.arctan(0.3)) / 30
+    for name in ("eyeLookOutLeft", "eyeLookInRight"):
+        _, look = fcurve_values(take.shape_action, keys, f'key_blocks["{name}"].value')
+        assert abs(np.median(look) - wanted) < 0.05, (name, np.median(look), wanted)
+    _, away = fcurve_values(take.shape_action, keys, 'key_blocks["eyeLookInLeft"].value')
+    assert np.median(away) < 0.01
+
     # The panel shows the character's state and the take's layers and report.
     from tests.blender.test_faults import RecordingLayout
 
