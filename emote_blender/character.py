@@ -24,6 +24,8 @@ from typing import Any
 import bpy
 import numpy as np
 
+from . import rig
+
 LANDMARK_TAG = "emote_landmark"  # ID property on the landmark empties: the landmark's name
 HEAD_BONES = ("head", "neck")  # a character's head rotation: its head bone, else its neck
 JAW_BONES = ("jaw", "mandible", "jaw_bone", "jawbone", "cc_base_jawroot", "def-jaw",
@@ -36,13 +38,6 @@ RIGHT_EYE_BONES = ("right_eye", "righteye", "eye_r", "eye.r", "r_eye", "reye",
 
 class CharacterError(ValueError):
     """The character cannot be set up or used; the message says what to do."""
-
-
-def armature_of(mesh: Any) -> Any | None:
-    """The armature deforming ``mesh`` (its parent, or its Armature modifier's object)."""
-    from .rig import armature_of as of_rig
-
-    return of_rig(mesh)
 
 
 def find_bone(armature: Any | None, aliases: tuple[str, ...]) -> str | None:
@@ -100,7 +95,7 @@ def character_geometry(mesh: Any) -> Any:
     u, _, vt = np.linalg.svd(rotation)
     to_object = (u @ vt).T  # world directions → object directions
     jaw = None
-    armature = armature_of(mesh)
+    armature = rig.armature_of(mesh)
     jaw_name = find_bone(armature, JAW_BONES)
     if jaw_name is not None:
         head, rest = bone_rest_in_mesh(mesh, armature, jaw_name)

@@ -159,19 +159,11 @@ def mapped_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement
         expression, jaw, controls, None if share is None else share[:expression.shape[1]])
     closure = None
     if living is not None:
-        if living.closure is not None and geometry.lip_closure is not None and lip_closure > 0:
-            from .server.living.closure import close_lips
-
-            expression, jaw = close_lips(expression, jaw, living.closure, geometry.lip_closure,
-                                         lip_closure)
+        expression, jaw = _shut_lips(expression, jaw, living, geometry, lip_closure)
+        if living.closure is not None and geometry.lip_closure is not None:
             closure = living.closure if lip_closure >= 0.999 else None
-        blink_keys = [mapping.arkit.get(n) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
-        if not all(blink_keys) and geometry.eyelid_direction is not None:
-            geometry_only = HeadGeometry(eyelid_direction=geometry.eyelid_direction,
-                                         eyelid_correction=geometry.eyelid_correction)
-            expression, jaw = _living_face(expression, jaw, motion.LivingLayers(
-                eyes=living.eyes, neck=living.neck, eyelids=living.eyelids, closure=None),
-                geometry_only, 0.0)
+        if not all(n in mapping.arkit for n in ("eyeBlinkLeft", "eyeBlinkRight")):
+            expression = _add_eyelids(expression, living.eyelids, geometry)
     expression = expression[:, :flame.n_expression]
     result = retarget(mapping, flame, expression, jaw, closure=closure)
     weights = np.array(result.weights, np.float64)
@@ -223,23 +215,36 @@ def mapped_channels(rig: Rig, expression: np.ndarray, jaw: np.ndarray, placement
 def _living_face(expression: np.ndarray, jaw: np.ndarray, living: motion.LivingLayers,
                  geometry: HeadGeometry, lip_closure: float) -> tuple[np.ndarray, np.ndarray]:
     """The lips shut at the take's p/b/m closures, then the eyelids added (25 fps)."""
-    if living.closure is not None and geometry.lip_closure is not None and lip_closure > 0:
-        from .server.living.closure import close_lips
+    expression, jaw = _shut_lips(expression, jaw, living, geometry, lip_closure)
+    return _add_eyelids(expression, living.eyelids, geometry), jaw
 
-        expression, jaw = close_lips(expression, jaw, living.closure, geometry.lip_closure,
-                                     lip_closure)
+
+def _shut_lips(expression: np.ndarray, jaw: np.ndarray, living: motion.LivingLayers,
+               geometry: HeadGeometry, amount: float) -> tuple[np.ndarray, np.ndarray]:
+    """The take with its lips shut by ``amount`` where its closure track says (when the head's
+    closing operator is known)."""
+    if living.closure is None or geometry.lip_closure is None or amount <= 0:
+        return expression, jaw
+    from .server.living.closure import close_lips
+
+    return close_lips(expression, jaw, living.closure, geometry.lip_closure, amount)
+
+
+def _add_eyelids(expression: np.ndarray, eyelids: np.ndarray,
+                 geometry: HeadGeometry) -> np.ndarray:
+    """The eyelid closure (T,) through the head's eyelid direction, widening the expression
+    to the direction's components where it is longer."""
     direction = geometry.eyelid_direction
-    if direction is not None and np.any(living.eyelids):
-        from .server.living.eyelids import EyelidDirection
+    if direction is None or not np.any(eyelids):
+        return expression
+    from .server.living.eyelids import closing_offsets
 
-        lids = EyelidDirection(expression=direction, lids=None, open_gap=0.0, closed_gap=0.0,
-                               mouth_motion=0.0, correction=geometry.eyelid_correction)
-        width = max(expression.shape[1], len(direction))
-        out = np.zeros((len(expression), width))
-        out[:, :expression.shape[1]] = expression
-        out[:, :len(direction)] += lids.at(living.eyelids, expression)
-        expression = out
-    return expression, jaw
+    width = max(expression.shape[1], len(direction))
+    out = np.zeros((len(expression), width))
+    out[:, :expression.shape[1]] = expression
+    out[:, :len(direction)] += closing_offsets(direction, geometry.eyelid_correction, eyelids,
+                                               expression)
+    return out
 
 
 def _rotation_channel(pose_bone: Any, rotations: np.ndarray) -> tuple[np.ndarray, str]:

@@ -204,7 +204,6 @@ def describe_character(mesh: Any) -> Rig:
         LEFT_EYE_BONES,
         RIGHT_EYE_BONES,
         CharacterError,
-        armature_of,
         find_bone,
         mapping_of,
     )

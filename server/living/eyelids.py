@@ -80,13 +80,21 @@ class EyelidDirection:
     def at(self, closure: np.ndarray, expression: np.ndarray | None = None) -> np.ndarray:
         """Per-frame expression offsets (T, E) for per-frame closure (T,); with the frames'
         own ``expression`` (T, ≤E), offsets that close the lids from where it put them."""
-        closure = np.asarray(closure, np.float64)
-        offsets = np.broadcast_to(self.expression, (len(closure), len(self.expression)))
-        if expression is not None and self.correction is not None:
-            e = np.asarray(expression, np.float64)
-            n = min(e.shape[1], len(self.expression))
-            offsets = offsets - e[:, :n] @ self.correction[:, :n].T
-        return closure[:, None] * offsets
+        return closing_offsets(self.expression, self.correction, closure, expression)
+
+
+def closing_offsets(direction: np.ndarray, correction: np.ndarray | None, closure: np.ndarray,
+                    expression: np.ndarray | None = None) -> np.ndarray:
+    """Expression offsets (T, E) that close the lids by ``closure`` (T,): ``c·(e − C·ψ)`` with
+    ``e`` the closing ``direction`` (E,), ``C`` its ``correction`` (E, E) and ψ the frames'
+    own ``expression`` (T, ≤E) (without either, ``c·e``); see the module's step 5."""
+    closure = np.asarray(closure, np.float64)
+    offsets = np.broadcast_to(direction, (len(closure), len(direction)))
+    if expression is not None and correction is not None:
+        e = np.asarray(expression, np.float64)
+        n = min(e.shape[1], len(direction))
+        offsets = offsets - e[:, :n] @ correction[:, :n].T
+    return closure[:, None] * offsets
 
 
 def find_eyelids(flame: FlameData) -> EyelidVertices:
