@@ -658,39 +658,53 @@ def reapply_take_controls(mesh: Any, take: Any) -> None:
 
 # -- the living layers ---------------------------------------------------------------------------
 
-_geometry_cache: dict[tuple, keys.HeadGeometry] = {}
+_flame_geometries: dict[tuple, keys.HeadGeometry] = {}  # by FLAME file and version
+FLAME_GEOMETRIES = 4
 
 
-_source_cache: dict[tuple, keys.HeadGeometry] = {}
+def flame_geometry(path: str) -> keys.HeadGeometry:
+    """What the living layers (and a mapped character's take) need of the FLAME file at
+    ``path`` (absolute; "" for the built-in demo head), computed once per version of the file.
+    ``OSError`` when it cannot be read, ``ValueError`` when it is not a FLAME file."""
+    key = (path, os.stat(path).st_mtime_ns) if path else ("demo",)
+    if key not in _flame_geometries:
+        if path:
+            from .server.flame import load_flame_file
+
+            flame = load_flame_file(path)
+        else:
+            from .server.demo.head import build_demo_head
+
+            flame = build_demo_head().flame
+        while len(_flame_geometries) >= FLAME_GEOMETRIES:
+            _flame_geometries.pop(next(iter(_flame_geometries)))
+        _flame_geometries[key] = _flame_geometry(flame)
+    return _flame_geometries[key]
+
+
+def _model_flame_path(context: Any) -> str:
+    """The model's FLAME head: "" for the built-in demo model (the demo head), else the FLAME
+    file of the preferences; ``RigError`` when that is not set."""
+    prefs = preferences(context)
+    if prefs.model_kind == "DEMO":
+        return ""
+    if not prefs.flame_path:
+        raise rig.RigError("Set the FLAME file in the add-on preferences: a character is "
+                           "fitted to, and its takes come from, the model's FLAME head.")
+    return bpy.path.abspath(prefs.flame_path)
 
 
 def source_geometry(target: rig.Rig) -> keys.HeadGeometry:
     """A mapped character's source FLAME head, with what the living layers need of it: the
     built-in demo head for the demo model, else the FLAME file of the preferences (the one the
     character was set up with). ``RigError`` when neither fits the mapping."""
-    prefs = preferences(bpy.context)
-    path = "" if prefs.model_kind == "DEMO" else prefs.flame_path
-    if not path and prefs.model_kind != "DEMO":
-        raise rig.RigError("A character's take needs the FLAME file of the preferences (the "
-                           "model's FLAME head); set it and generate again.")
-    if path:
-        path = bpy.path.abspath(path)
-        try:
-            key: tuple = (path, os.stat(path).st_mtime_ns)
-        except OSError:
-            raise rig.RigError(f"The FLAME file '{path}' cannot be read.") from None
-    else:
-        key = ("demo",)
-    if key not in _source_cache:
-        if path:
-            flame = flame_file(bpy.context)
-        else:
-            from .server.demo.head import build_demo_head
-
-            flame = build_demo_head().flame
-        _source_cache.clear()
-        _source_cache[key] = _flame_geometry(flame)
-    geometry = _source_cache[key]
+    path = _model_flame_path(bpy.context)
+    try:
+        geometry = flame_geometry(path)
+    except OSError:
+        raise rig.RigError(f"The FLAME file '{path}' cannot be read.") from None
+    except ValueError as exc:
+        raise rig.RigError(str(exc)) from None
     if geometry.flame.n_vertices != target.mapping.flame_vertex_count:
         raise rig.RigError(
             f"'{target.mesh.name}' was set up with a FLAME head of "
@@ -701,15 +715,11 @@ def source_geometry(target: rig.Rig) -> keys.HeadGeometry:
 
 def flame_for_setup(context: Any) -> Any:
     """The FLAME head a character is fitted to: the model's (see :func:`source_geometry`)."""
-    prefs = preferences(context)
-    if prefs.model_kind != "DEMO" and prefs.flame_path:
-        return flame_file(context)
-    if prefs.model_kind != "DEMO":
-        raise rig.RigError("Set the FLAME file in the add-on preferences: the character is "
-                           "fitted to the model's FLAME head.")
-    from .server.demo.head import build_demo_head
-
-    return build_demo_head().flame
+    path = _model_flame_path(context)
+    try:
+        return flame_geometry(path).flame
+    except OSError:
+        raise rig.RigError(f"The FLAME file '{path}' cannot be read.") from None
 
 
 def _flame_geometry(flame: Any) -> keys.HeadGeometry:
@@ -784,23 +794,17 @@ def _geometry_from_flame_file(target: rig.Rig) -> tuple[keys.HeadGeometry | None
                       "Head', so set the FLAME file in the add-on preferences.")
     path = bpy.path.abspath(path)
     try:
-        stamp = os.stat(path).st_mtime_ns
+        geometry = flame_geometry(path)
     except OSError:
         return None, f"The FLAME file '{path}' cannot be read, so this head has no blinks."
-    key = (path, stamp)
-    if key not in _geometry_cache:
-
-        try:
-            flame = flame_file(bpy.context)
-        except ValueError as exc:
-            return None, str(exc)
-        if flame.n_vertices != len(target.mesh.data.vertices):
-            return None, (f"The FLAME file has {flame.n_vertices} vertices and "
-                          f"'{target.mesh.name}' has {len(target.mesh.data.vertices)}: no "
-                          "blinks or lip closure on this head.")
-        _geometry_cache.clear()
-        _geometry_cache[key] = _flame_geometry(flame)
-    return _geometry_cache[key], ""
+    except ValueError as exc:
+        return None, str(exc)
+    flame = geometry.flame
+    if flame.n_vertices != len(target.mesh.data.vertices):  # each head, cached or not
+        return None, (f"The FLAME file has {flame.n_vertices} vertices and "
+                      f"'{target.mesh.name}' has {len(target.mesh.data.vertices)}: no "
+                      "blinks or lip closure on this head.")
+    return geometry, ""
 
 
 def living_controls(take: Any, target: rig.Rig, frame: tuple[np.ndarray, float]

@@ -199,3 +199,29 @@ def test_lip_closure_shuts_the_lips_on_p_b_and_m(clean, addon, demo_prefs, tmp_p
     closed, generated = gaps(1.0), gaps(0.0)
     assert np.all(closed <= rest + 2e-4)  # back at the lips' rest contact, to 0.2 mm
     assert generated.mean() > closed.mean() + 5e-4  # the model alone leaves them apart
+
+
+def test_a_head_made_elsewhere_uses_the_flame_file_only_when_it_fits(clean, addon, fixtures):
+    """A head without the add-on's stored geometry takes it from the FLAME file of the
+    preferences; another head of another vertex count gets a note, also once the file's
+    geometry is cached."""
+    prefs = bpy.context.preferences.addons[addon.__name__].preferences
+    saved = prefs.flame_path
+    prefs.flame_path = str(fixtures / "flame.pkl")
+    try:
+        assert bpy.ops.emote.create_flame_head(filepath=str(fixtures / "flame.pkl")) == {
+            "FINISHED"}
+        head = bpy.context.view_layer.objects.active
+        for name in ("emote_eyelid_direction", "emote_eyelid_correction", "emote_lip_closure"):
+            del head[name]  # as the official FLAME add-on's heads are
+        geometry, notes = addon.generation.head_geometry(addon.rig.describe_rig(head))
+        assert geometry.eyelid_direction is not None and not notes
+        bpy.ops.mesh.primitive_cube_add()
+        cube = bpy.context.view_layer.objects.active
+        cube.shape_key_add(name="Basis")
+        cube.shape_key_add(name="Exp1")
+        geometry, notes = addon.generation.head_geometry(addon.rig.describe_rig(cube))
+        assert geometry.eyelid_direction is None
+        assert any("vertices" in note and "'Cube' has 8" in note for note in notes), notes
+    finally:
+        prefs.flame_path = saved
