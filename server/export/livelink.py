@@ -59,33 +59,29 @@ from pathlib import Path
 import numpy as np
 
 from ..output import write_atomically
+from ..retarget.arkit import ARKIT_52
 
-# The coefficients in Live Link Face's column order (JawRight/JawLeft and MouthRight/MouthLeft
-# as the app writes them).
-LIVELINK_BLENDSHAPES = (
-    "EyeBlinkLeft", "EyeLookDownLeft", "EyeLookInLeft", "EyeLookOutLeft", "EyeLookUpLeft",
-    "EyeSquintLeft", "EyeWideLeft",
-    "EyeBlinkRight", "EyeLookDownRight", "EyeLookInRight", "EyeLookOutRight", "EyeLookUpRight",
-    "EyeSquintRight", "EyeWideRight",
-    "JawForward", "JawRight", "JawLeft", "JawOpen",
-    "MouthClose", "MouthFunnel", "MouthPucker", "MouthRight", "MouthLeft",
-    "MouthSmileLeft", "MouthSmileRight", "MouthFrownLeft", "MouthFrownRight",
-    "MouthDimpleLeft", "MouthDimpleRight", "MouthStretchLeft", "MouthStretchRight",
-    "MouthRollLower", "MouthRollUpper", "MouthShrugLower", "MouthShrugUpper",
-    "MouthPressLeft", "MouthPressRight", "MouthLowerDownLeft", "MouthLowerDownRight",
-    "MouthUpperUpLeft", "MouthUpperUpRight",
-    "BrowDownLeft", "BrowDownRight", "BrowInnerUp", "BrowOuterUpLeft", "BrowOuterUpRight",
-    "CheekPuff", "CheekSquintLeft", "CheekSquintRight",
-    "NoseSneerLeft", "NoseSneerRight",
-    "TongueOut",
-)
+# The coefficients in Live Link Face's column order: Apple's (ARKIT_52), except that the app
+# writes JawRight before JawLeft and MouthRight before MouthLeft; capitalised in the header.
+_APP_SWAPS = (("jawLeft", "jawRight"), ("mouthLeft", "mouthRight"))
+
+
+def _app_order(names: tuple[str, ...]) -> tuple[str, ...]:
+    order = list(names)
+    for a, b in _APP_SWAPS:
+        i, j = order.index(a), order.index(b)
+        order[i], order[j] = order[j], order[i]
+    return tuple(order)
+
+
+ARKIT_NAMES = _app_order(ARKIT_52)  # Apple's spelling, in the CSV's order
+LIVELINK_BLENDSHAPES = tuple(name[0].upper() + name[1:] for name in ARKIT_NAMES)
 HEAD_COLUMNS = ("HeadYaw", "HeadPitch", "HeadRoll")
 EYE_COLUMNS = ("LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
                "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
 HEADER = ("Timecode", "BlendShapeCount") + LIVELINK_BLENDSHAPES + HEAD_COLUMNS + EYE_COLUMNS
 BLENDSHAPE_COUNT = len(LIVELINK_BLENDSHAPES) + len(HEAD_COLUMNS) + len(EYE_COLUMNS)  # 61
 # Canonical ARKit name (Apple's spelling) of each coefficient column, in column order.
-ARKIT_NAMES = tuple(name[0].lower() + name[1:] for name in LIVELINK_BLENDSHAPES)
 ANGLE_UNIT = "radians"
 DECIMALS = 7  # 5e-8 rounding: far below what a rig resolves, and the reader's 1e-6 round trip
 MAX_FPS = 100  # two timecode digits for the frame
