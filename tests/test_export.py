@@ -5,6 +5,7 @@ FLAME → ARKit-52 approximation on the demo head and a demo-model take."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -440,6 +441,27 @@ def test_cli_refuses_a_mapping_it_cannot_use(tmp_path, mappings, name, message):
     folder, _ = mappings
     result = run_server("generate", SENTENCE, "-o", tmp_path / "take.npz",
                         "--arkit-csv", tmp_path / "take.csv", "--character", folder / name)
+    assert result.returncode == 2
+    assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
+    assert not (tmp_path / "take.npz").exists() and not (tmp_path / "take.csv").exists()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("device", "is not a file"), ("folder", "is not a file"), ("huge", "larger than 64 MB")])
+def test_cli_reads_no_more_of_a_mapping_than_one_can_be(tmp_path, kind, message):
+    """/dev/zero, a folder and a 65 MB file are one sentence each, not a process killed for
+    memory."""
+    if kind == "device":
+        mapping = Path("/dev/zero")
+    elif kind == "folder":
+        mapping = tmp_path
+    else:
+        mapping = tmp_path / "huge.json"
+        with open(mapping, "wb") as f:
+            f.truncate(65 * 2**20)
+    result = run_server("generate", SENTENCE, "-o", tmp_path / "take.npz",
+                        "--arkit-csv", tmp_path / "take.csv", "--character", mapping,
+                        timeout=120)
     assert result.returncode == 2
     assert message in result.stderr and result.stderr.strip().count("\n") == 0, result.stderr
     assert not (tmp_path / "take.npz").exists() and not (tmp_path / "take.csv").exists()

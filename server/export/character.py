@@ -32,10 +32,17 @@ def read_arkit_mapping(path: str | Path) -> CharacterMapping:
     """The character mapping in ``path`` (JSON written by ``CharacterMapping.to_json``),
     refused with a sentence when it cannot be read or maps onto no ARKit keys."""
     from ..retarget import CharacterMapping
+    from ..retarget.mapping import MAX_JSON_CHARS
 
     path = Path(path)
     try:
-        text = path.read_bytes()
+        if path.exists() and not path.is_file():
+            raise ValueError(f"The character mapping '{path}' is not a file.")
+        with path.open("rb") as f:  # a mapping is JSON text of bounded size: read no more
+            text = f.read(MAX_JSON_CHARS + 1)
+        if len(text) > MAX_JSON_CHARS:
+            raise ValueError(f"The character mapping '{path}' is larger than "
+                             f"{MAX_JSON_CHARS // 2**20} MB; it is not one this tool wrote.")
     except FileNotFoundError:
         raise ValueError(f"The character mapping '{path}' does not exist.") from None
     except OSError as exc:
