@@ -264,19 +264,24 @@ def living_layers(stored: dict, controls: LivingControls, frames: int) -> Living
     if activity.frames != frames:
         raise ValueError(f"The take's living-face data covers {activity.frames} frames, not "
                          f"its {frames}.")
-    names = list(stored.get("emotions", []))
+    names = [str(name) for name in stored.get("emotions", [])]
     weights = np.asarray(stored.get("emotion_weights", np.zeros((frames, 0))), np.float64)
-    if weights.ndim != 2 or len(weights) != frames or weights.shape[1] != len(names):
+    if weights.ndim != 2 or len(weights) != frames or weights.shape[1] != len(names) or not \
+            np.isfinite(weights).all():
         raise ValueError("The take's emotion weights do not fit its frames.")
     emotions = {name: weights[:, i] for i, name in enumerate(names)}
-    seed = (int(stored.get("seed", 0)) + int(controls.seed)) % 2**32
+    seed = stored.get("seed", 0)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ValueError("The take's living-face seed is not a whole number.")
+    seed = (seed + int(controls.seed)) % 2**32
     layers = layers_from_activity(activity, emotions, seed, blink_rate=controls.blink_rate,
                                   blink_amount=controls.blinks, gaze_target=controls.target,
                                   aversion=controls.eyes, head_strength=controls.head)
     closure = stored.get("closure")
     if closure is not None:
-        closure = np.clip(np.asarray(closure, np.float64).ravel(), 0, 1)
-        if len(closure) != frames:
+        closure = np.asarray(closure, np.float64).ravel()
+        if len(closure) != frames or not np.isfinite(closure).all():
             raise ValueError("The take's lip-closure weights do not fit its frames.")
+        closure = np.clip(closure, 0, 1)
     return LivingLayers(eyes=layers.eyes, neck=layers.neck, eyelids=layers.eyelids,
                         closure=closure)

@@ -225,3 +225,30 @@ def test_a_head_made_elsewhere_uses_the_flame_file_only_when_it_fits(clean, addo
         assert any("vertices" in note and "'Cube' has 8" in note for note in notes), notes
     finally:
         prefs.flame_path = saved
+
+
+def test_damaged_living_data_in_a_file_leaves_the_layers_out_not_nan_keys(clean, addon,
+                                                                         fixtures, tmp_path):
+    scene, strip, mesh = make_scene(addon, fixtures, tmp_path, fps=25)
+    assert generate(emotion="1") == {"FINISHED"}
+    take = mesh.emote_takes[0]
+    good = json.loads(take.shape_action["emote_living"])
+    compat = addon_module("compat")
+    for damage in ({"emotion_weights": [[float("nan")] * len(good["emotions"])]
+                    * len(good["emotion_weights"])},
+                   {"closure": [float("inf")] * len(good["closure"])},
+                   {"seed": 1e300}, {"seed": "x"}):
+        take.shape_action["emote_living"] = json.dumps({**good, **damage})
+        take.mouth = 0.9 if take.mouth == 1.0 else 1.0  # re-keys the take
+        for owner, action in ((mesh.data.shape_keys, take.shape_action),
+                              (mesh.parent, take.armature_action)):
+            for curve in compat.fcurves(action, owner):
+                co = np.zeros(len(curve.keyframe_points) * 2)
+                curve.keyframe_points.foreach_get("co", co)
+                assert np.isfinite(co).all(), (damage.keys(), curve.data_path)
+        curves = compat.fcurves(take.armature_action, mesh.parent)
+        assert curves.find('pose.bones["neck"].rotation_axis_angle', index=0) is None
+    take.shape_action["emote_living"] = json.dumps(good)
+    take.mouth = 1.0
+    curves = compat.fcurves(take.armature_action, mesh.parent)
+    assert curves.find('pose.bones["neck"].rotation_axis_angle', index=0) is not None
