@@ -230,6 +230,8 @@ def test_landmarks_the_artist_moves_anchor_the_fit(characters, head, mappings):
         setup_character(character.geometry, head.flame, landmarks={"left ear": moved})
     with pytest.raises(ValueError, match="three finite numbers"):
         setup_character(character.geometry, head.flame, landmarks={"chin": [0.0, np.nan, 1]})
+    with pytest.raises(ValueError, match="far outside the character's mesh"):
+        setup_character(character.geometry, head.flame, landmarks={"chin": [1e30, 0.0, 0.0]})
 
 
 def test_the_mouth_slit_is_found_on_a_dense_mesh(head):

@@ -573,6 +573,11 @@ def fit_flame(character: CharacterGeometry, flame: FlameData,
         position = np.asarray(position, np.float64)
         if position.shape != (3,) or not np.isfinite(position).all():
             raise ValueError(f"The landmark '{name}' must be three finite numbers.")
+        low, high = v_char.min(axis=0), v_char.max(axis=0)
+        if np.linalg.norm(np.clip(position, low, high) - position) > 0.5 * np.linalg.norm(
+                high - low):
+            raise ValueError(f"The landmark '{name}' lies far outside the character's mesh; "
+                             "put it on the face.")
         anchors[name] = position
     anchor_names = list(anchors)
     anchor_flame = [info.landmarks[n] for n in anchor_names]
