@@ -231,16 +231,17 @@ def test_cli_backends_agree_and_info_names_the_backend(tmp_path):
 
 def test_torch_state_and_onnx_weights_share_names(official_full):
     """The graphs ask for exactly the checkpoint's weights (the positional convolution's two
-    weight-norm parameters folded into one; the first GroupNorm's applied from the window's
-    statistics outside the graphs)."""
+    weight-norm parameters folded into one; the first convolution and its GroupNorm given per
+    window, folded together from the window's statistics outside the graphs)."""
     graphs = emote_graphs(official_full.config)
     asked = set().union(*(g.weights for g in graphs.values()))
     state = set(official_full.state)
     assert asked - state == {"audio_model.model.encoder.pos_conv_embed.conv.weight"}
     unused = state - asked
-    group_norm = "audio_model.model.feature_extractor.conv_layers.0.layer_norm."
+    first = "audio_model.model.feature_extractor.conv_layers.0."
     assert unused == {k for k in state if k.endswith((
         "num_batches_tracked", "masked_spec_embed", "weight.original0", "weight.original1"))
-        or k.startswith(group_norm)}
+        or k.startswith(first)}
+    assert {"first_weight", "first_bias"} <= set(graphs["cnn"].inputs)
     torch_keys = set(random_model(official_full.config).state_dict())
     assert torch_keys == state

@@ -156,20 +156,24 @@ def _layer_normed_conv(g: GraphBuilder, x: str, arch: Wav2Vec2Architecture, i: i
 def cnn_graph(arch: Wav2Vec2Architecture) -> Graph:
     """The convolutional feature encoder over a piece of waveform: (1, S) → (1, C, L).
 
-    With GroupNorm ("group"), the first layer's normalisation is applied as ``x · scale +
-    shift`` from statistics of the whole window (inputs ``scale`` and ``shift``, (C, 1))."""
+    With GroupNorm ("group"), the first layer's normalisation comes from statistics of the
+    whole window, not of the piece: it is a per-channel scale and shift of a linear layer, so
+    the caller folds it into that layer's weight and bias and gives them as inputs
+    (``first_weight`` (C, 1, k), ``first_bias`` (C,)), one multiply and add less per sample."""
     g = GraphBuilder("emote_cnn")
     wave = g.input("waveform", np.float32, [1, "samples"])
     x = g.op("Unsqueeze", wave, g.ints(1))  # (1, 1, S)
     channels = 1
     for i in range(len(arch.conv_dim)):
-        x = _conv_layer(g, x, arch, i, channels)
+        if arch.feat_extract_norm == "group" and i == 0:
+            dim, kernel = arch.conv_dim[0], arch.conv_kernel[0]
+            x = g.op("Conv", x, g.input("first_weight", np.float32, [dim, 1, kernel]),
+                     g.input("first_bias", np.float32, [dim]), kernel_shape=[kernel],
+                     strides=[arch.conv_stride[0]])
+        else:
+            x = _conv_layer(g, x, arch, i, channels)
         if arch.feat_extract_norm == "layer":
             x = _layer_normed_conv(g, x, arch, i)
-        elif i == 0:
-            scale = g.input("scale", np.float32, [arch.conv_dim[0], 1])
-            shift = g.input("shift", np.float32, [arch.conv_dim[0], 1])
-            x = g.op("Add", g.op("Mul", x, scale), shift)
         x = gelu(g, x)
         channels = arch.conv_dim[i]
     g.output(x, "cnn_features", [1, arch.conv_dim[-1], "length"])
