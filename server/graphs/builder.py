@@ -81,15 +81,17 @@ class GraphBuilder:
         return self.const(list(values), np.int64)
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None,
-           **attributes: object) -> str:
-        """Add a node; returns its output (or the first of ``outputs``, see :meth:`op_n`)."""
-        return self.op_n(op_type, *inputs, outputs=outputs, name=name, **attributes)[0]
+           domain: str = "", **attributes: object) -> str:
+        """Add a node; returns its output (or the first of ``outputs``, see :meth:`op_n`).
+        An input given as "" is an optional input left out."""
+        return self.op_n(op_type, *inputs, outputs=outputs, name=name, domain=domain,
+                         **attributes)[0]
 
     def op_n(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None,
-             **attributes: object) -> list[str]:
+             domain: str = "", **attributes: object) -> list[str]:
         names = [name] if name is not None and outputs == 1 else [
             self._fresh(op_type.lower()) for _ in range(outputs)]
-        self._nodes.append(proto.Node(op_type, list(inputs), names, attributes))
+        self._nodes.append(proto.Node(op_type, list(inputs), names, attributes, domain=domain))
         return names
 
     def build(self) -> Graph:

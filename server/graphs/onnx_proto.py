@@ -19,6 +19,7 @@ import numpy as np
 
 IR_VERSION = 8  # ONNX 1.10+: every ONNX Runtime since 1.10 reads it
 OPSET = 17  # LayerNormalization is an operator from opset 17
+MICROSOFT = "com.microsoft"  # ONNX Runtime's operators (MultiHeadAttention), in every CPU build
 
 # TensorProto.DataType
 FLOAT, UINT8, INT8, INT32, INT64, BOOL, DOUBLE = 1, 2, 3, 6, 7, 9, 11
@@ -121,21 +122,26 @@ class Node:
     outputs: list[str]
     attributes: dict[str, object] = field(default_factory=dict)
     name: str = ""
+    domain: str = ""  # "" is the standard operators; ONNX Runtime's own are MICROSOFT
 
     def encode(self) -> bytes:
         body = b"".join(_str(1, i) for i in self.inputs)
         body += b"".join(_str(2, o) for o in self.outputs)
         body += _str(3, self.name) + _str(4, self.op_type)
-        return body + b"".join(_bytes(5, attribute(k, v)) for k, v in self.attributes.items())
+        body += b"".join(_bytes(5, attribute(k, v)) for k, v in self.attributes.items())
+        return body + (_str(7, self.domain) if self.domain else b"")
 
 
 def model(nodes: Iterable[Node], inputs: Iterable[bytes], outputs: Iterable[bytes],
           initializers: Iterable[bytes], name: str) -> bytes:
-    """A serialised ModelProto (opset :data:`OPSET`, IR :data:`IR_VERSION`)."""
+    """A serialised ModelProto (opset :data:`OPSET`, IR :data:`IR_VERSION`; ONNX Runtime's
+    operator set, version 1, where a node uses it)."""
+    nodes = list(nodes)
     graph = b"".join(_bytes(1, n.encode()) for n in nodes) + _str(2, name)
     graph += b"".join(_bytes(5, t) for t in initializers)
     graph += b"".join(_bytes(11, i) for i in inputs)
     graph += b"".join(_bytes(12, o) for o in outputs)
-    opset = _str(1, "") + _int(2, OPSET)
-    return (_int(1, IR_VERSION) + _str(2, "emote-blender") + _bytes(7, graph)
-            + _bytes(8, opset))
+    opsets = _bytes(8, _str(1, "") + _int(2, OPSET))
+    if any(n.domain == MICROSOFT for n in nodes):
+        opsets += _bytes(8, _str(1, MICROSOFT) + _int(2, 1))
+    return _int(1, IR_VERSION) + _str(2, "emote-blender") + _bytes(7, graph) + opsets
