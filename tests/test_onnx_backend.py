@@ -143,6 +143,27 @@ def test_onnx_runs_are_deterministic(demo):
     np.testing.assert_array_equal(first.jaw, second.jaw)
 
 
+def test_the_shared_arena_carries_nothing_from_one_run_to_the_next(demo):
+    """The sessions of every model in the worker draw activations from one arena: a longer
+    clip, another model and a cancelled run in between leave a clip's numbers as they were."""
+    from server.backends import onnx_runtime
+
+    clip = clip_from_samples(speech_like(6.0, seed=11))
+    animator = Animator(demo, backend="onnx")
+    before = animator.generate(clip, HAPPY)
+    assert onnx_runtime._arena is True  # the runtime took the shared arena
+    other = Animator(source_of(random_model(tiny_config(), seed=4)), backend="onnx")
+    other.generate(clip_from_samples(speech_like(30.0, seed=12)), HAPPY)
+    cancel = threading.Event()
+    cancel.set()
+    with pytest.raises(Cancelled):
+        animator.generate(clip_from_samples(speech_like(20.0, seed=13)), HAPPY, cancel=cancel)
+    animator.generate(clip_from_samples(speech_like(30.0, seed=14)), {"emotion": "Sad"})
+    after = Animator(demo, backend="onnx").generate(clip, HAPPY)
+    np.testing.assert_array_equal(before.expression, after.expression)
+    np.testing.assert_array_equal(before.jaw, after.jaw)
+
+
 def test_a_cancel_stops_inside_a_long_window(official_full):
     """The cancel lands while wav2vec2 runs on a 40 s window (one window: the engine's own
     checks between windows never run); ONNX Runtime's terminate flag stops the run."""
