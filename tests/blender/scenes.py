@@ -24,7 +24,8 @@ scene.render.fps, scene.render.fps_base = int(fps), 1.0
 editor = scene.sequence_editor_create()
 strips = editor.strips if hasattr(editor, "strips") else editor.sequences
 strip = strips.new_sound("dialogue", wav, 1, int(start))
-strip.frame_offset_start = int(trim)
+handle = "left_handle_offset" if hasattr(strip, "left_handle_offset") else "frame_offset_start"
+setattr(strip, handle, int(trim))
 strip.select = True
 editor.active_strip = strip
 if path == "pack":
@@ -41,6 +42,16 @@ def has_audio() -> bool:
     return True
 
 
+def trim_start(strip, frames) -> None:
+    """Cut ``frames`` from the beginning of a strip (its left handle moves right, the content
+    stays). 5.3 names this ``left_handle_offset`` and warns that ``frame_offset_start``, the
+    only name before it, goes in 6.0."""
+    if hasattr(strip, "left_handle_offset"):
+        strip.left_handle_offset = frames
+    else:
+        strip.frame_offset_start = frames
+
+
 def add_strip(scene, wav: Path, fps: int = 25, start: int = 37, trim: int = 8,
               pack: bool = False, tmp: Path | None = None):
     """A sound strip of ``wav`` starting at ``start`` with ``trim`` frames cut from its
@@ -50,7 +61,7 @@ def add_strip(scene, wav: Path, fps: int = 25, start: int = 37, trim: int = 8,
         editor = scene.sequence_editor_create()
         strips = editor.strips if hasattr(editor, "strips") else editor.sequences
         strip = strips.new_sound("dialogue", str(wav), 1, start)
-        strip.frame_offset_start = trim
+        trim_start(strip, trim)
         strip.select = True
         editor.active_strip = strip
         if pack:

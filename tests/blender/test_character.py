@@ -81,6 +81,7 @@ def sentence_take(mesh, strip, **settings):
 
 
 def test_an_arkit_head_is_set_up_and_speaks(clean, addon, demo_prefs, tmp_path):
+    compat = addon.compat
     strip = add_sentence(tmp_path)
     test = arkit_character()
     mesh = build_character(test)
@@ -98,7 +99,8 @@ def test_an_arkit_head_is_set_up_and_speaks(clean, addon, demo_prefs, tmp_path):
                                           strict=True)}
     for name in ("jawOpen", "mouthSmileLeft", "browInnerUp", "eyeBlinkLeft", "mouthClose"):
         frames, values = fcurve_values(take.shape_action, keys, f'key_blocks["{name}"].value')
-        assert frames[0] == strip.frame_final_start and frames[-1] == strip.frame_final_end - 1
+        assert frames[0] == compat.strip_first_frame(strip)
+        assert frames[-1] == compat.strip_end_frame(strip) - 1
         lo, hi = ranges[name]
         assert values.min() >= lo - 1e-6 and values.max() <= hi + 1e-6, name
     _, smile = fcurve_values(take.shape_action, keys, 'key_blocks["mouthSmileLeft"].value')
@@ -120,10 +122,10 @@ def test_an_arkit_head_is_set_up_and_speaks(clean, addon, demo_prefs, tmp_path):
         return np.linalg.norm(v[upper] - v[lower], axis=1).mean()
 
     shut = [t for t in np.flatnonzero(closure >= 0.99)]
-    gaps = np.array([gap(strip.frame_start + t) for t in range(0, len(closure), 3)])
+    gaps = np.array([gap(compat.strip_content_start(strip) + t) for t in range(0, len(closure), 3)])
     typical = np.percentile(gaps, 90)
     assert typical > 0.004  # the mouth does open
-    closed = np.array([gap(strip.frame_start + t) for t in shut])
+    closed = np.array([gap(compat.strip_content_start(strip) + t) for t in shut])
     assert np.mean(closed < 0.1 * typical) >= 0.9, closed / typical
 
     # The controls re-key the take: no mouth → the jaw stays shut; the living face off → the
@@ -177,6 +179,7 @@ def test_an_arkit_head_is_set_up_and_speaks(clean, addon, demo_prefs, tmp_path):
 
 
 def test_a_viseme_face_says_what_it_cannot_express(clean, addon, demo_prefs, tmp_path):
+    compat = addon.compat
     strip = add_sentence(tmp_path)
     test = viseme_character()
     mesh = build_character(test)
@@ -189,7 +192,7 @@ def test_a_viseme_face_says_what_it_cannot_express(clean, addon, demo_prefs, tmp
     upper, lower = test.truth["upper_lip"], test.truth["lower_lip"]
 
     def gap(t):
-        v = evaluated_vertices(mesh, strip.frame_start + t)
+        v = evaluated_vertices(mesh, compat.strip_content_start(strip) + t)
         return np.linalg.norm(v[upper] - v[lower], axis=1).mean()
 
     typical = np.percentile([gap(t) for t in range(0, len(closure), 3)], 90)
@@ -228,6 +231,7 @@ def test_moved_landmarks_are_used_and_the_mapping_exports(clean, addon, demo_pre
 
 def test_a_character_set_up_in_its_library_speaks_through_an_override(clean, addon, demo_prefs,
                                                                      tmp_path):
+    compat = addon.compat
     strip = add_sentence(tmp_path)
     test = arkit_character()
     mesh = build_character(test)
@@ -238,7 +242,7 @@ def test_a_character_set_up_in_its_library_speaks_through_an_override(clean, add
     strip, take = sentence_take(head, strip, emotion="6")
     _, values = fcurve_values(take.shape_action, head.data.shape_keys,
                               'key_blocks["jawOpen"].value')
-    assert len(values) == strip.frame_final_end - strip.frame_final_start
+    assert len(values) == compat.strip_end_frame(strip) - compat.strip_first_frame(strip)
     shot = tmp_path / "shot.blend"
     bpy.ops.wm.save_as_mainfile(filepath=str(shot))
     bpy.ops.wm.open_mainfile(filepath=str(shot))

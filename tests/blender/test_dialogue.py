@@ -36,6 +36,7 @@ def dialogue_scene(addon, fixtures, tmp_path, lines=None):
 
 
 def test_a_dialogue_generates_and_bakes_in_one_click_each(clean, addon, fixtures, tmp_path):
+    compat = addon.compat
     scene, strips, heads = dialogue_scene(addon, fixtures, tmp_path)
     strips["good to hear"].emote_character = heads["Bob"]  # the strip's own choice wins
     assert bpy.ops.emote.generate_dialogue(wait=True) == {"FINISHED"}
@@ -50,7 +51,8 @@ def test_a_dialogue_generates_and_bakes_in_one_click_each(clean, addon, fixtures
         assert len(takes) == 1, name
         frames, _ = fcurve_values(takes[0].shape_action, head.data.shape_keys,
                                   'key_blocks["Exp1"].value')
-        assert frames[0] == strip.frame_final_start and frames[-1] == strip.frame_final_end - 1
+        assert frames[0] == compat.strip_first_frame(strip)
+        assert frames[-1] == compat.strip_end_frame(strip) - 1
     assert not [o for o in bpy.data.objects if "emote_job" in o.keys()]
 
     assert bpy.ops.emote.bake_dialogue() == {"FINISHED"}
@@ -58,7 +60,7 @@ def test_a_dialogue_generates_and_bakes_in_one_click_each(clean, addon, fixtures
         tracks = heads[speaker].data.shape_keys.animation_data.nla_tracks
         starts = sorted(s.frame_start for t in tracks for s in t.strips)
         assert len(starts) == count
-        wanted = sorted(strips[n].frame_final_start for n, who in speakers.items()
+        wanted = sorted(compat.strip_first_frame(strips[n]) for n, who in speakers.items()
                         if who == speaker)
         np.testing.assert_allclose(starts, wanted)
 

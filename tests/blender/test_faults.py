@@ -189,7 +189,8 @@ def test_bake_into_current_action(clean, addon, fixtures, tmp_path):
     assert target is not None and target != mesh.emote_takes[0].shape_action
     compat = addon.compat
     curve = compat.fcurves(target, key).find('key_blocks["Exp1"].value', index=0)
-    assert len(curve.keyframe_points) == strip.frame_final_end - strip.frame_final_start
+    assert len(curve.keyframe_points) == (compat.strip_end_frame(strip)
+                                          - compat.strip_first_frame(strip))
 
 
 def test_disabling_the_addon_stops_the_worker(clean, addon, fixtures, tmp_path):

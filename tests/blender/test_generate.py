@@ -53,8 +53,9 @@ def cli_take(fixtures, tmp_path, start, end, emotion="Happy"):
 @pytest.mark.parametrize("fps", [24, 25, 30, 60])
 def test_keys_equal_worker_output_resampled_to_scene_frames(clean, addon, fixtures, tmp_path,
                                                             fps):
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, fps=fps)
-    first, end = strip.frame_final_start, strip.frame_final_end
+    first, end = compat.strip_first_frame(strip), compat.strip_end_frame(strip)
     assert first == FRAME_START + TRIM
     assert generate(emotion="1") == {"FINISHED"}
     take = mesh.emote_takes[0]
@@ -113,6 +114,7 @@ def rotation(q):
 
 
 def test_evaluated_mesh_equals_flame_forward(clean, addon, fixtures, tmp_path):
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, fps=30)
     assert generate(emotion="6") == {"FINISHED"}
     take = mesh.emote_takes[0]
@@ -123,9 +125,10 @@ def test_evaluated_mesh_equals_flame_forward(clean, addon, fixtures, tmp_path):
     jaw = jaw * 4.0  # exaggerate the (tiny random model's) jaw so pivot errors would show
     take.shape_action["emote_jaw"] = jaw.ravel().tolist()
     take.mouth = 1.0  # rewrite the keys from the stored result
-    check_frames = np.array([strip.frame_final_start, strip.frame_final_start + 13,
-                             strip.frame_final_start + 40, strip.frame_final_end - 1])
-    positions = motion.sample_positions(check_frames, strip.frame_start, 30.0, 0.0, TRIM / 30)
+    first = compat.strip_first_frame(strip)
+    check_frames = np.array([first, first + 13, first + 40, compat.strip_end_frame(strip) - 1])
+    positions = motion.sample_positions(check_frames, compat.strip_content_start(strip), 30.0,
+                                        0.0, TRIM / 30)
     want_expression, want_jaw = motion.resample(expression, jaw, positions)
     assert np.abs(want_jaw).max() > 0.05
     np.savez(tmp_path / "params.npz", expression=want_expression, jaw=want_jaw)
@@ -230,11 +233,11 @@ def test_bake_to_nla_at_the_strip(clean, addon, fixtures, tmp_path):
     assert key.animation_data.action != artist
     assert bpy.ops.emote.bake() == {"FINISHED"}
     tracks = list(key.animation_data.nla_tracks)
-    assert len(tracks) == 1 and tracks[0].strips[0].frame_start == strip.frame_final_start
+    assert len(tracks) == 1 and tracks[0].strips[0].frame_start == compat.strip_first_frame(strip)
     assert tracks[0].strips[0].action == mesh.emote_takes[0].shape_action
     assert key.animation_data.action == artist  # the artist's own action is active again
     arm_tracks = list(mesh.parent.animation_data.nla_tracks)
-    assert arm_tracks[0].strips[0].frame_start == strip.frame_final_start
+    assert arm_tracks[0].strips[0].frame_start == compat.strip_first_frame(strip)
     curves = list(compat.fcurves(artist, key))
     assert len(curves) == 1 and len(curves[0].keyframe_points) == 2  # never written to
 
@@ -263,13 +266,14 @@ def test_artist_controls_rewrite_keys(clean, addon, fixtures, tmp_path):
 
 
 def test_animated_emotion_sends_a_per_frame_condition(clean, addon, fixtures, tmp_path):
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
     settings = scene.emote
     settings.emotion, settings.second_emotion = "0", "6"
     settings.mix = 0.0
-    settings.keyframe_insert("mix", frame=strip.frame_final_start)
+    settings.keyframe_insert("mix", frame=compat.strip_first_frame(strip))
     settings.mix = 1.0
-    settings.keyframe_insert("mix", frame=strip.frame_final_end - 1)
+    settings.keyframe_insert("mix", frame=compat.strip_end_frame(strip) - 1)
     settings.animated = True
     strips = addon.strips
     audio = strips.audio_request(scene, strips.find_sound_strip(bpy.context))
@@ -283,13 +287,14 @@ def test_animated_emotion_sends_a_per_frame_condition(clean, addon, fixtures, tm
 
 
 def test_packed_sound_generates_like_the_file(clean, addon, fixtures, tmp_path):
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, pack=True)
     sound = strip.sound
     assert sound.packed_file is not None
     assert generate() == {"FINISHED"}
     raw = np.asarray(mesh.emote_takes[0].shape_action["emote_expression"]).reshape(-1, 100)
-    reference = cli_take(fixtures, tmp_path, TRIM / 25, (strip.frame_final_end - FRAME_START)
-                         / 25)
+    reference = cli_take(fixtures, tmp_path, TRIM / 25,
+                         (compat.strip_end_frame(strip) - FRAME_START) / 25)
     np.testing.assert_allclose(raw, reference["expression"], atol=1e-5)
     assert sound.packed_file is not None  # still packed: the user's file was not unpacked
 
@@ -297,6 +302,7 @@ def test_packed_sound_generates_like_the_file(clean, addon, fixtures, tmp_path):
 def test_defaults_use_the_built_in_demo_head_and_model(clean, addon, tmp_path):
     """A fresh install: no FLAME file and no model chosen → Create FLAME Head makes the demo
     head and Generate uses the built-in demo model; the demo sentence moves the jaw."""
+    compat = addon.compat
     prefs = bpy.context.preferences.addons[addon.__name__].preferences
     saved = prefs.model_kind, prefs.flame_path
     prefs.property_unset("model_kind")
@@ -314,6 +320,6 @@ def test_defaults_use_the_built_in_demo_head_and_model(clean, addon, tmp_path):
         assert take.label == "Sad · mild · moderate-neutral-brisk"
         path = 'pose.bones["jaw"].rotation_axis_angle'
         frames, angle = fcurve_values(take.armature_action, mesh.parent, path, 0)
-        assert frames[0] == strip.frame_final_start and np.ptp(angle) > 0.05  # radians
+        assert frames[0] == compat.strip_first_frame(strip) and np.ptp(angle) > 0.05  # radians
     finally:
         prefs.model_kind, prefs.flame_path = saved

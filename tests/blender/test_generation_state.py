@@ -391,13 +391,14 @@ def test_a_deleted_head_is_reported_deleted(clean, addon, fixtures, tmp_path):
 def test_a_frame_rate_change_during_a_job(clean, addon, fixtures, tmp_path):
     """Started at 25 fps, applied after the scene went to 30 fps: keys at 30 fps over the frames
     the (re-timed) strip plays now, the same file times as at the start."""
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, fps=25)
     job = addon.generation.start_generation(bpy.context)
     audio = job.audio
     scene.render.fps = 30
     level, message = poll_until_done(addon)
     assert level == "INFO" and "frame rate changed" in message, message
-    first, end = strip.frame_final_start, strip.frame_final_end
+    first, end = compat.strip_first_frame(strip), compat.strip_end_frame(strip)
     retimed = has_audio()  # Blender re-times sound strips it can read (4.2's PyPI bpy cannot)
     if retimed:
         assert end - first > audio.frame_end - audio.frame_start
@@ -407,7 +408,8 @@ def test_a_frame_rate_change_during_a_job(clean, addon, fixtures, tmp_path):
                                    'key_blocks["Exp1"].value')
     np.testing.assert_array_equal(frames, np.arange(first, end))
     raw = np.asarray(take.shape_action["emote_expression"]).reshape(-1, 100)
-    file_time = (frames - strip.frame_start) / 30.0  # what the strip plays at each frame
+    # what the strip plays at each frame
+    file_time = (frames - compat.strip_content_start(strip)) / 30.0
     positions = (file_time - audio.start) * 25
     np.testing.assert_allclose(values, np.interp(positions, np.arange(len(raw)), raw[:, 0]),
                                atol=1e-5)
@@ -434,6 +436,7 @@ def test_one_smplx_named_key_does_not_switch_the_convention(clean, addon, fixtur
 
 def test_a_missing_key_leaves_the_others_at_their_coefficients(clean, addon, fixtures,
                                                                tmp_path):
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
     mesh.shape_key_remove(mesh.data.shape_keys.key_blocks["Exp5"])
     rig = addon.rig.describe_rig(mesh)
@@ -449,7 +452,7 @@ def test_a_missing_key_leaves_the_others_at_their_coefficients(clean, addon, fix
     assert {f'key_blocks["Exp{k}"].value' for k in (1, 4, 6, 50, 100)} <= curves
     raw = np.asarray(take.shape_action["emote_expression"]).reshape(-1, 100)
     frames, exp6 = fcurve_values(take.shape_action, key, 'key_blocks["Exp6"].value')
-    positions = (frames - strip.frame_final_start) / 25 * 25
+    positions = (frames - compat.strip_first_frame(strip)) / 25 * 25
     np.testing.assert_allclose(exp6, np.interp(positions, np.arange(len(raw)), raw[:, 5]),
                                atol=1e-5)
 

@@ -39,6 +39,7 @@ def flame_forward(fixtures, tmp_path, **params):
 
 
 def test_a_take_carries_blinks_gaze_and_head_motion(clean, addon, fixtures, tmp_path):
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, fps=30)
     assert generate(emotion="1") == {"FINISHED"}
     take = mesh.emote_takes[0]
@@ -48,7 +49,7 @@ def test_a_take_carries_blinks_gaze_and_head_motion(clean, addon, fixtures, tmp_
     for bone in ("neck", "left_eye", "right_eye", "jaw"):
         frames, values = fcurve_values(take.armature_action, armature,
                                        f'pose.bones["{bone}"].rotation_axis_angle', 0)
-        assert len(frames) == strip.frame_final_end - strip.frame_final_start, bone
+        assert len(frames) == compat.strip_end_frame(strip) - compat.strip_first_frame(strip), bone
     _, neck_angle = fcurve_values(take.armature_action, armature,
                                   'pose.bones["neck"].rotation_axis_angle', 0)
     assert np.abs(neck_angle).max() > np.radians(0.5)  # the head moves
@@ -72,6 +73,7 @@ def test_a_take_carries_blinks_gaze_and_head_motion(clean, addon, fixtures, tmp_
 def test_the_evaluated_mesh_equals_flame_with_the_layers(clean, addon, fixtures, tmp_path):
     """Neck, eyes and eyelids through bones, pivots, correctives and the eyelid direction give
     FLAME's own vertices."""
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path, fps=30)
     assert generate(emotion="3") == {"FINISHED"}
     take = mesh.emote_takes[0]
@@ -88,10 +90,11 @@ def test_the_evaluated_mesh_equals_flame_with_the_layers(clean, addon, fixtures,
     # A blink closes the lids from where the frame's own expression put them.
     expression = expression + layers.eyelids[:, None] * (direction - expression @ correction.T)
     peak = int(np.argmax(layers.eyelids))
-    first = strip.frame_final_start
-    at_peak = round(strip.frame_start + (TRIM / 30 + peak / 25) * 30)  # a blink's peak
-    check = np.array([first, first + 13, at_peak, strip.frame_final_end - 1])
-    positions = motion.sample_positions(check, strip.frame_start, 30.0, 0.0, TRIM / 30)
+    first = compat.strip_first_frame(strip)
+    content_start = compat.strip_content_start(strip)
+    at_peak = round(content_start + (TRIM / 30 + peak / 25) * 30)  # a blink's peak
+    check = np.array([first, first + 13, at_peak, compat.strip_end_frame(strip) - 1])
+    positions = motion.sample_positions(check, content_start, 30.0, 0.0, TRIM / 30)
     reference = flame_forward(
         fixtures, tmp_path, expression=motion.resample_values(expression, positions),
         jaw=motion.resample_rotations(jaw, positions),
@@ -116,6 +119,7 @@ def demo_head_take(tmp_path, **settings):
 def test_blinks_close_the_demo_heads_lids(clean, addon, demo_prefs, tmp_path):
     """The built-in demo head and model (a fresh install): at a blink's peak the evaluated
     lids are shut, and a blink does not move the mouth."""
+    compat = addon.compat
     strip, mesh = demo_head_take(tmp_path, emotion="0", intensity="0")
     take = mesh.emote_takes[0]
     take.lip_closure = 0.0
@@ -131,7 +135,8 @@ def test_blinks_close_the_demo_heads_lids(clean, addon, demo_prefs, tmp_path):
 
     def vertices(take_frame, blinks):
         take.blinks = blinks
-        return evaluated_vertices(mesh, strip.frame_start + round(take_frame * fps / 25))
+        return evaluated_vertices(mesh, compat.strip_content_start(strip)
+                                  + round(take_frame * fps / 25))
 
     def gap(v):
         return np.linalg.norm(v[lids.upper] - v[lids.lower], axis=1).mean()
@@ -175,6 +180,7 @@ def test_lip_closure_shuts_the_lips_on_p_b_and_m(clean, addon, demo_prefs, tmp_p
     """The demo head and model on the shipped sentence ("Peter's mother made …"): at the
     frames the detector marks, the evaluated inner lips meet with Lip Closure on and part
     without it; the head made here carries the closing operator."""
+    compat = addon.compat
     strip, mesh = demo_head_take(tmp_path, emotion="1", intensity="1")
     assert len(mesh["emote_lip_closure"]) > 0
     take = mesh.emote_takes[0]
@@ -190,7 +196,7 @@ def test_lip_closure_shuts_the_lips_on_p_b_and_m(clean, addon, demo_prefs, tmp_p
         take.lip_closure = amount
         out = []
         for t in shut:
-            v = evaluated_vertices(mesh, strip.frame_start + round(t * fps / 25))
+            v = evaluated_vertices(mesh, compat.strip_content_start(strip) + round(t * fps / 25))
             out.append(np.linalg.norm(v[lips.upper] - v[lips.lower], axis=1).mean())
         return np.array(out)
 

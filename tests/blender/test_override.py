@@ -12,6 +12,7 @@ from tests.blender.test_generate import generate, make_scene
 
 
 def test_library_override_takes_keys_and_keeps_them(clean, addon, fixtures, tmp_path):
+    compat = addon.compat
     scene, strip, mesh = make_scene(addon, fixtures, tmp_path)
     head = overridden_head(scene, mesh, tmp_path / "character.blend")
     armature = head.parent
@@ -19,7 +20,7 @@ def test_library_override_takes_keys_and_keeps_them(clean, addon, fixtures, tmp_
     assert head.override_library is not None and linked_mesh.library is not None
     assert armature.override_library is not None and armature.data.library is not None
     scene.emote.rig = head
-    start = strip.frame_final_start
+    start = compat.strip_first_frame(strip)
     rest = evaluated_vertices(head, start + 20)
 
     assert generate(emotion="1") == {"FINISHED"}
