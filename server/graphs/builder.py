@@ -82,8 +82,8 @@ class GraphBuilder:
 
     def op(self, op_type: str, *inputs: str, outputs: int = 1, name: str | None = None,
            domain: str = "", **attributes: object) -> str:
-        """Add a node; returns its output (or the first of ``outputs``, see :meth:`op_n`).
-        An input given as "" is an optional input left out."""
+        """Add a node (of operator set ``domain``, "" for the standard one); returns its
+        output (or the first of ``outputs``, see :meth:`op_n`)."""
         return self.op_n(op_type, *inputs, outputs=outputs, name=name, domain=domain,
                          **attributes)[0]
 
