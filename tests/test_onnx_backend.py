@@ -143,9 +143,10 @@ def test_onnx_runs_are_deterministic(demo):
     np.testing.assert_array_equal(first.jaw, second.jaw)
 
 
-def test_the_shared_arena_carries_nothing_from_one_run_to_the_next(demo):
+def test_the_shared_arena_carries_nothing_from_one_run_to_the_next(demo, official_full):
     """The sessions of every model in the worker draw activations from one arena: a longer
-    clip, another model and a cancelled run in between leave a clip's numbers as they were."""
+    clip, other models and a run stopped by its terminate flag in between leave a clip's
+    numbers as they were."""
     from server.backends import onnx_runtime
 
     clip = clip_from_samples(speech_like(6.0, seed=11))
@@ -154,10 +155,24 @@ def test_the_shared_arena_carries_nothing_from_one_run_to_the_next(demo):
     assert onnx_runtime._arena is True  # the runtime took the shared arena
     other = Animator(source_of(random_model(tiny_config(), seed=4)), backend="onnx")
     other.generate(clip_from_samples(speech_like(30.0, seed=12)), HAPPY)
+
+    full = Animator(official_full, backend="onnx", threads=2)
     cancel = threading.Event()
-    cancel.set()
+    original = full.backend._run
+    stopped = []
+
+    def run(graph, feeds, options, cancel_event, outputs=1):
+        cancel.set()  # lands inside this full-size CNN piece (tens of ms)
+        try:
+            return original(graph, feeds, options, cancel_event, outputs)
+        except Cancelled:
+            stopped.append(graph)  # the runtime raised: terminated mid-run
+            raise
+
+    full.backend._run = run
     with pytest.raises(Cancelled):
-        animator.generate(clip_from_samples(speech_like(20.0, seed=13)), HAPPY, cancel=cancel)
+        full.generate(clip_from_samples(speech_like(20.0, seed=13)), HAPPY, cancel=cancel)
+    assert stopped == ["cnn"]
     animator.generate(clip_from_samples(speech_like(30.0, seed=14)), {"emotion": "Sad"})
     after = Animator(demo, backend="onnx").generate(clip, HAPPY)
     np.testing.assert_array_equal(before.expression, after.expression)
