@@ -3,10 +3,12 @@
 
 The full-size EMOTE v2 architecture (wav2vec2-base, seeded random weights), CPU, 2 threads by
 default. Medians of repeated runs, the backends' runs interleaved so drift in machine speed
-hits both alike:
+hits both alike, and each backend in processes of its own (in one process, torch ran 17-20 %
+slower after ONNX Runtime's runs, which flattered the ratio):
 
 * first generation (empty cache: wav2vec2 + regressor + FLINT decoder + windowing) and
-  re-generation with another emotion (cached audio features) for 10 s and 60 s clips;
+  re-generation with another emotion (cached audio features) for 10 s and 60 s clips, in
+  :data:`CLIP_ROUNDS` alternating subprocesses per backend;
 * a 10-minute clip: time, seconds per audio second and peak RSS, each run in a fresh
   subprocess so the peak belongs to that run alone (the ONNX child never imports torch);
 * the worker's cold start: ``python -m server worker`` started, ``ready``, the built-in demo
@@ -32,6 +34,8 @@ sys.path.insert(0, str(ROOT))
 
 EMOTIONS = ["Happy", "Sad", "Anger", "Surprise", "Fear", "Disgust", "Contempt", "Neutral"]
 BACKENDS = ("onnx", "torch")
+CLIP_ROUNDS = 3  # subprocesses per backend for the 10 s and 60 s figures, alternating
+CLIP_SECONDS = (10.0, 60.0)
 
 
 def random_source(seed: int = 0):
@@ -76,21 +80,47 @@ def clip(seconds: float):
     return clip_from_samples(np.tile(sentence, repeats)[: int(seconds * SAMPLE_RATE)])
 
 
-def measure_clips(animators: dict, seconds: float, runs: int) -> dict[str, dict[str, float]]:
-    audio = clip(seconds)
-    times: dict[str, dict[str, list[float]]] = {b: {"first": [], "regen": []} for b in animators}
-    for animator in animators.values():
-        animator.generate(audio, {"emotion": "Neutral"})  # warm-up: allocators, kernels
-    for i in range(runs):
-        for name, animator in animators.items():
+def clips_child(backend: str, runs: int, threads: int) -> None:
+    """``runs`` first generations and re-generations of each clip length in this process,
+    after a warm-up (allocators, kernels); prints JSON with the times."""
+    animator = build(backend, threads)
+    times: dict[str, dict[str, list[float]]] = {}
+    for seconds in CLIP_SECONDS:
+        audio = clip(seconds)
+        animator.generate(audio, {"emotion": "Neutral"})
+        first, regen = [], []
+        for i in range(runs):
             animator._cache.clear()
             start = time.perf_counter()
             animator.generate(audio, {"emotion": EMOTIONS[i % 8]})
-            times[name]["first"].append(time.perf_counter() - start)
+            first.append(time.perf_counter() - start)
             start = time.perf_counter()
             animator.generate(audio, {"emotion": EMOTIONS[(i + 1) % 8]})
-            times[name]["regen"].append(time.perf_counter() - start)
-    return {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+            regen.append(time.perf_counter() - start)
+        times[str(seconds)] = {"first": first, "regen": regen}
+    print(json.dumps(times))
+
+
+def measure_clips(runs: int, threads: int) -> dict[float, dict[str, dict[str, float]]]:
+    """Medians of ``runs`` runs per figure, spread over :data:`CLIP_ROUNDS` subprocesses per
+    backend, the backends alternating."""
+    per_child = -(-runs // CLIP_ROUNDS)
+    times = {s: {b: {"first": [], "regen": []} for b in BACKENDS} for s in CLIP_SECONDS}
+    for _ in range(CLIP_ROUNDS):
+        for backend in BACKENDS:
+            out = child("--child-clips", backend, threads, "--runs", str(per_child))
+            for seconds in CLIP_SECONDS:
+                for kind, values in out[str(seconds)].items():
+                    times[seconds][backend][kind].extend(values)
+    return {s: {b: {k: statistics.median(v) for k, v in t.items()} for b, t in row.items()}
+            for s, row in times.items()}
+
+
+def child(flag: str, backend: str, threads: int, *more: str) -> dict:
+    """Run this script as a subprocess measuring ``backend``; its last line of JSON."""
+    out = subprocess.run([sys.executable, __file__, flag, backend, "--threads", str(threads),
+                          *more], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def long_child(backend: str, seconds: float, threads: int) -> None:
@@ -146,22 +176,21 @@ def main() -> None:
     parser.add_argument("--long-seconds", type=float, default=600.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--child-long", choices=BACKENDS, help=argparse.SUPPRESS)
+    parser.add_argument("--child-clips", choices=BACKENDS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child_long:
         long_child(args.child_long, args.long_seconds, args.threads)
         return
+    if args.child_clips:
+        clips_child(args.child_clips, args.runs, args.threads)
+        return
 
-    animators = {b: build(b, args.threads) for b in BACKENDS}
-    rows = {s: measure_clips(animators, s, args.runs) for s in (10.0, 60.0)}
-    del animators
+    rows = measure_clips(args.runs, args.threads)
     long_runs: dict[str, list[dict]] = {b: [] for b in BACKENDS}
     for _ in range(args.long_runs):
         for backend in BACKENDS:
-            out = subprocess.run([sys.executable, __file__, "--child-long", backend,
-                                  "--threads", str(args.threads),
-                                  "--long-seconds", str(args.long_seconds)],
-                                 capture_output=True, text=True, check=True)
-            long_runs[backend].append(json.loads(out.stdout.strip().splitlines()[-1]))
+            long_runs[backend].append(child("--child-long", backend, args.threads,
+                                            "--long-seconds", str(args.long_seconds)))
     starts: dict[str, list[float]] = {b: [] for b in BACKENDS}
     for _ in range(args.runs):
         for backend in BACKENDS:

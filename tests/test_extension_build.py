@@ -73,8 +73,9 @@ def test_one_zip_per_platform_named_for_it(zips):
 
 
 def test_manifest_lists_the_platform_and_every_wheel_in_the_zip(zips):
-    pins = {name.lower(): version for name, version in build_extension.requirements()}
     for platform, archive in zips.items():
+        pins = {name.lower(): version for name, version
+                in build_extension.requirements(platform_name=platform)}
         manifest = manifest_of(archive)
         assert manifest["platforms"] == [platform]
         with zipfile.ZipFile(archive) as zf:
@@ -124,3 +125,39 @@ def test_blender_validates_each_zip(zips):
                                   capture_output=True, text=True)
             assert done.returncode == 0 and "Success" in done.stdout, \
                 (python, archive.name, done.stdout, done.stderr)
+
+
+def test_pins_follow_the_platform_markers(tmp_path):
+    listed = tmp_path / "requirements.txt"
+    listed.write_text('# a comment\n'
+                      'onnxruntime==1.31.1; sys_platform == "linux" or sys_platform == "win32"\n'
+                      'onnxruntime==1.23.2 ; sys_platform == "darwin"  # the Macs\n'
+                      'soxr==1.1.0\n'
+                      'extra==2.0; sys_platform == "darwin" and platform_machine != "arm64"\n')
+    pins = {p: dict(build_extension.requirements(listed, p)) for p in PLATFORMS}
+    assert pins["linux-x64"] == pins["windows-x64"] == {"onnxruntime": "1.31.1",
+                                                        "soxr": "1.1.0"}
+    assert pins["macos-arm64"] == {"onnxruntime": "1.23.2", "soxr": "1.1.0"}
+    assert pins["macos-x64"] == {"onnxruntime": "1.23.2", "soxr": "1.1.0", "extra": "2.0"}
+
+
+@pytest.mark.parametrize("text, message", [
+    ('onnxruntime==1.31.1; python_version >= "3.11"\n', "not one this build reads"),
+    ("onnxruntime>=1.23\n", "is not pinned"),
+    ('onnxruntime==1.31.1\nonnxruntime==1.23.2; sys_platform == "linux"\n', "pinned twice"),
+])
+def test_a_requirement_the_build_cannot_read_is_refused(tmp_path, text, message):
+    listed = tmp_path / "requirements.txt"
+    listed.write_text(text)
+    with pytest.raises(build_extension.BuildError, match=message):
+        build_extension.requirements(listed, "linux-x64")
+
+
+def test_each_platform_gets_its_own_onnx_runtime():
+    """Linux and Windows take the faster ONNX Runtime; the Macs keep the last release with
+    Intel Mac wheels that also runs on macOS 13."""
+    versions = {p: dict(build_extension.requirements(platform_name=p))["onnxruntime"]
+                for p in PLATFORMS}
+    assert versions["linux-x64"] == versions["windows-x64"]
+    assert versions["macos-arm64"] == versions["macos-x64"] == "1.23.2"
+    assert versions["linux-x64"] != "1.23.2"

@@ -18,7 +18,7 @@ from server.animator import Animator, Cancelled  # noqa: E402
 from server.audio import clip_from_samples  # noqa: E402
 from server.checkpoints import ModelSource, read_model  # noqa: E402
 from server.config import EmoteConfig, FlintConfig  # noqa: E402
-from server.graphs.emote import emote_graphs  # noqa: E402
+from server.graphs.emote import emote_graphs, prepare_weights  # noqa: E402
 from tests.builders import (  # noqa: E402
     ROOT,
     TINY_WAV2VEC2,
@@ -119,19 +119,29 @@ def test_other_configurations_match_torch(name):
 
 
 def test_graphs_are_valid_onnx(demo):
-    """Checked by the ``onnx`` package, shapes inferred, with zeros standing in for the weights
-    that are normally bound at session creation."""
+    """Checked by the ``onnx`` package, shapes inferred: every weight the graphs take with each
+    run is a fixed-shape input, and only the CNN stores weights (its convolutions')."""
     onnx = pytest.importorskip("onnx")
-    for name, graph in emote_graphs(demo.config).items():
+    weights = prepare_weights(demo.config, demo.state)
+    for name, graph in emote_graphs(demo.config, weights).items():
         model = onnx.load_from_string(graph.model)
         assert model.opset_import[0].version == 17, name
-        external = [t for t in model.graph.initializer
-                    if t.data_location == onnx.TensorProto.EXTERNAL]
-        assert {t.name: tuple(t.dims) for t in external} == graph.weights
-        for t in external:
-            del t.external_data[:]
-            t.data_location = onnx.TensorProto.DEFAULT
-            t.raw_data = np.zeros(tuple(t.dims), np.float32).tobytes()
+        inputs = {i.name: tuple(d.dim_value if d.HasField("dim_value") else d.dim_param
+                                for d in i.type.tensor_type.shape.dim)
+                  for i in model.graph.input}
+        assert {n: inputs[n] for n in graph.weights} == graph.weights, name
+        assert set(inputs) - set(graph.weights) == set(graph.inputs), name
+        for n, shape in graph.weights.items():
+            assert weights[n].shape == shape, n
+        stored = {t.name for t in model.graph.initializer if t.name in weights}
+        assert stored == set(graph.stored), name
+        if name == "cnn":
+            folded = demo.config.audio.feat_extract_norm == "group"  # layer 0: given per run
+            convolutions = {n for n in weights if "feature_extractor.conv_layers." in n
+                            and ".conv." in n and not (folded and ".conv_layers.0." in n)}
+            assert stored == convolutions and stored
+        else:
+            assert not stored, name
         onnx.checker.check_model(model, full_check=True)
 
 
@@ -269,8 +279,9 @@ def test_torch_state_and_onnx_weights_share_names(official_full):
     """The graphs ask for exactly the checkpoint's weights (the positional convolution's two
     weight-norm parameters folded into one; the first convolution and its GroupNorm given per
     window, folded together from the window's statistics outside the graphs)."""
-    graphs = emote_graphs(official_full.config)
-    asked = set().union(*(g.weights for g in graphs.values()))
+    graphs = emote_graphs(official_full.config,
+                          prepare_weights(official_full.config, official_full.state))
+    asked = set().union(*(set(g.weights) | set(g.stored) for g in graphs.values()))
     state = set(official_full.state)
     assert asked - state == {"audio_model.model.encoder.pos_conv_embed.conv.weight"}
     unused = state - asked

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import platform as host
 import re
 import subprocess
 import sys
@@ -40,7 +41,8 @@ MAX_BYTES = 60_000_000  # what an extension platform may reasonably ask an artis
 
 PYTHONS = ("3.11", "3.13")  # Blender 4.2-5.0, Blender 5.1-5.3
 # Blender platform -> the wheel platform tags pip may pick for it. Blender 4.2+ needs glibc 2.28
-# on Linux; onnxruntime 1.23.2 needs macOS 13 (pip also accepts older macOS tags from these).
+# on Linux; the Macs' onnxruntime (1.23.2) needs macOS 13 (pip also accepts older macOS tags
+# from these).
 LINUX_TAGS = (tuple(f"manylinux_2_{minor}_x86_64" for minor in range(28, 16, -1))
               + ("manylinux2014_x86_64", "manylinux2010_x86_64", "manylinux1_x86_64"))
 PLATFORMS: dict[str, tuple[str, ...]] = {
@@ -50,6 +52,14 @@ PLATFORMS: dict[str, tuple[str, ...]] = {
     "macos-x64": ("macosx_13_0_x86_64",),
 }
 MACOS_TAG = re.compile(r"macosx_(\d+)_(\d+)_(\w+)$")
+# The environment markers of requirements-extension.txt, as each platform's Python sets them.
+MARKERS: dict[str, dict[str, str]] = {
+    "linux-x64": {"sys_platform": "linux", "platform_machine": "x86_64"},
+    "windows-x64": {"sys_platform": "win32", "platform_machine": "AMD64"},
+    "macos-arm64": {"sys_platform": "darwin", "platform_machine": "arm64"},
+    "macos-x64": {"sys_platform": "darwin", "platform_machine": "x86_64"},
+}
+MARKER_TEST = re.compile(r'(\w+)\s*(==|!=)\s*"([^"]*)"$')
 
 
 class BuildError(RuntimeError):
@@ -118,18 +128,57 @@ def normalise(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def requirements(path: Path = REQUIREMENTS) -> list[tuple[str, str]]:
-    """The pinned ``(name, version)`` pairs of the requirements file."""
-    pins = []
+def this_platform() -> str:
+    """The Blender platform of the Python running this ("linux-x64", ...)."""
+    machine = host.machine().lower()
+    arch = {"x86_64": "x64", "amd64": "x64", "arm64": "arm64", "aarch64": "arm64"}.get(machine)
+    system = {"linux": "linux", "win32": "windows", "darwin": "macos"}.get(sys.platform)
+    name = f"{system}-{arch}"
+    if name not in PLATFORMS:
+        raise BuildError(f"This machine ({sys.platform}, {host.machine()}) is not one of "
+                         f"the extension's platforms ({', '.join(PLATFORMS)}).")
+    return name
+
+
+def marker_holds(marker: str, platform_name: str) -> bool:
+    """Whether an environment marker (``sys_platform`` / ``platform_machine`` compared with
+    ``==`` or ``!=``, joined by ``and`` and ``or``) holds on ``platform_name``."""
+    environment = MARKERS[platform_name]
+
+    def test(text: str) -> bool:
+        found = MARKER_TEST.match(text.strip())
+        if found is None or found[1] not in environment:
+            raise BuildError(f"{REQUIREMENTS.name}: the marker '{marker}' is not one this "
+                             "build reads (sys_platform or platform_machine, == or !=, "
+                             "joined by and / or).")
+        return (environment[found[1]] == found[3]) == (found[2] == "==")
+
+    return any(all(test(part) for part in alternative.split(" and "))
+               for alternative in marker.split(" or "))
+
+
+def requirements(path: Path = REQUIREMENTS, platform_name: str | None = None
+                 ) -> list[tuple[str, str]]:
+    """The pinned ``(name, version)`` pairs of the requirements file for ``platform_name``
+    (default: this machine's), its environment markers applied; one pin per name."""
+    platform_name = platform_name or this_platform()
+    pins: dict[str, str] = {}
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
+        line, _, marker = line.partition(";")
+        if marker.strip() and not marker_holds(marker, platform_name):
+            continue
         name, sep, version = line.partition("==")
         if not sep:
-            raise BuildError(f"{path}: '{line}' is not pinned; write it as name==version.")
-        pins.append((name.strip(), version.strip()))
-    return pins
+            raise BuildError(f"{path}: '{line.strip()}' is not pinned; write it as "
+                             "name==version.")
+        name = name.strip()
+        if normalise(name) in {normalise(n) for n in pins}:
+            raise BuildError(f"{path}: {name} is pinned twice for {platform_name}.")
+        pins[name] = version.strip()
+    return list(pins.items())
 
 
 def pick_wheel(cache: Path, name: str, version: str, platform: str, python: str) -> Path | None:
@@ -166,7 +215,7 @@ def platform_wheels(cache: Path, platform: str) -> list[Path]:
     """Every wheel ``platform`` needs for both Pythons, fetched into ``cache`` when missing;
     a wheel that serves both Pythons is listed once."""
     cache.mkdir(parents=True, exist_ok=True)
-    pins = requirements()
+    pins = requirements(platform_name=platform)
     chosen: list[Path] = []
     for python in PYTHONS:
         missing = [pin for pin in pins if pick_wheel(cache, *pin, platform, python) is None]

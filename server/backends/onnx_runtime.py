@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""The ONNX Runtime backend: EMOTE's graphs (``server/graphs``) with the model's NumPy weights
-bound at session creation. NumPy and onnxruntime only; this is what runs inside Blender.
+"""The ONNX Runtime backend: EMOTE's graphs (``server/graphs``) computing from the model's NumPy
+weights in place. NumPy and onnxruntime only; this is what runs inside Blender.
 
 wav2vec2's convolutional encoder runs in pieces of :data:`CNN_CHUNK` output frames, so the
 512-channel activations of a 48 s window never exist at once (a few hundred MB otherwise). The
@@ -48,15 +48,18 @@ class OnnxBackend:
                                 else bias.astype(np.float64),
                                 weights[f"{first}.layer_norm.weight"].astype(np.float64),
                                 weights[f"{first}.layer_norm.bias"].astype(np.float64))
-        # The sessions compute from these arrays in place (SessionOptions.add_initializer):
-        # one copy of the weights in memory, however many graphs use them. They must outlive
-        # the sessions and never change.
-        self._weights = weights
-        self._values: list[Any] = []  # the OrtValues wrapping them
+        # The graphs take their weights with every run, as inputs, and compute from these
+        # arrays in place: one copy of the weights in memory, however many graphs use them.
+        # (Weights bound at session creation would be copied by ONNX Runtime 1.28 and later,
+        # which refuse in-place initializers declared as external data.) The CNN's weights are
+        # stored in its graph instead (see cnn_graph). The arrays never change.
         self._sessions: dict[str, Any] = {}
+        self._feeds: dict[str, dict[str, np.ndarray]] = {}
         shared = _shared_arena(ort)
-        for name, graph in emote_graphs(self.config).items():
-            self._sessions[name] = self._session(graph, weights, shared)
+        for name, graph in emote_graphs(self.config, weights).items():
+            self._sessions[name] = ort.InferenceSession(
+                graph.model, self._options(shared), providers=["CPUExecutionProvider"])
+            self._feeds[name] = {n: weights[n] for n in graph.weights}
 
     def _options(self, shared: bool) -> Any:
         """CPU, sequential, ``threads`` intra-op threads, all graph optimisations."""
@@ -79,33 +82,11 @@ class OnnxBackend:
         options.log_severity_level = 3  # errors only: warnings would go to the terminal
         return options
 
-    def _session(self, graph: Any, weights: dict[str, np.ndarray], shared: bool) -> Any:
-        """A session computing from ``weights`` in place; newer ONNX Runtimes (1.32) refuse
-        that for weights declared as external data, and are given copies instead."""
-        ort = self._ort
-        options = self._options(shared)
-        names = list(graph.weights)
-        values = [ort.OrtValue.ortvalue_from_numpy(weights[n]) for n in names]
-        for name, value in zip(names, values, strict=True):
-            options.add_initializer(name, value)
-        try:
-            session = ort.InferenceSession(graph.model, options,
-                                           providers=["CPUExecutionProvider"])
-        except Exception as exc:
-            if "external data" not in str(exc).lower():
-                raise
-            options = self._options(shared)
-            options.add_external_initializers(names, values)
-            session = ort.InferenceSession(graph.model, options,
-                                           providers=["CPUExecutionProvider"])
-        self._values.extend(values)
-        return session
-
     def describe(self) -> dict[str, Any]:
         return {"backend": "onnx", "runtime": f"ONNX Runtime {self._ort.__version__}",
                 "device": "cpu",
                 "graphs": "authored from the model's config when it was loaded "
-                          f"({len(self._sessions)} graphs, weights bound by name)"}
+                          f"({len(self._sessions)} graphs, weights given by name)"}
 
     # ---------------------------------------------------------------------------------------
     def encode_audio(self, waveform: np.ndarray, frames: int,
@@ -137,7 +118,7 @@ class OnnxBackend:
         assert self._group_norm is not None
         weight, bias = self._group_norm[0], self._group_norm[1]
         scale, shift = self._first_norm(waveform)
-        return {"first_weight": (scale[:, None] * weight).astype(np.float32)[:, None, :],
+        return {"first_weight": (scale[:, None] * weight).astype(np.float32)[:, None, None, :],
                 "first_bias": (scale * bias + shift).astype(np.float32)}
 
     def _first_norm(self, waveform: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -181,7 +162,7 @@ class OnnxBackend:
     def _run(self, graph: str, feeds: dict[str, np.ndarray], options: Any,
              cancel: threading.Event | None, outputs: int = 1) -> Any:
         try:
-            result = self._sessions[graph].run(None, feeds, options)
+            result = self._sessions[graph].run(None, {**self._feeds[graph], **feeds}, options)
         except Exception:
             if cancel is not None and cancel.is_set():
                 raise Cancelled("Cancelled.") from None

@@ -1,6 +1,6 @@
 # SPDX-License-Identifier: GPL-3.0-or-later
-"""A small builder for ONNX graphs: named weights bound when the session is made, constants,
-operators, and the serialised model."""
+"""A small builder for ONNX graphs: named weights given with every run, weights and constants
+stored in the graph, operators, and the serialised model."""
 
 from __future__ import annotations
 
@@ -15,13 +15,15 @@ from . import onnx_proto as proto
 
 @dataclass
 class Graph:
-    """A serialised ONNX model and the weights it expects to be given, with their shapes."""
+    """A serialised ONNX model, the weights it expects with every run (graph inputs of fixed
+    shape, by name), and its other inputs and outputs."""
 
     name: str
     model: bytes
     weights: dict[str, tuple[int, ...]]
     inputs: list[str] = field(default_factory=list)
     outputs: list[str] = field(default_factory=list)
+    stored: list[str] = field(default_factory=list)  # weights stored in the model itself
 
 
 class GraphBuilder:
@@ -37,6 +39,7 @@ class GraphBuilder:
         self._initializers: list[bytes] = []
         self._weights: dict[str, tuple[int, ...]] = {}
         self._constants: dict[tuple, str] = {}
+        self._stored: list[str] = []
         self._ids = itertools.count()
 
     def _fresh(self, hint: str) -> str:
@@ -55,14 +58,24 @@ class GraphBuilder:
         return name
 
     def weight(self, name: str, shape: Sequence[int]) -> str:
-        """A float32 weight supplied at session creation under ``name``."""
+        """A float32 weight given with every run under ``name``: a graph input of fixed shape,
+        so the runtime computes from the caller's array in place."""
         shape = tuple(int(d) for d in shape)
         if name not in self._weights:
             self._weights[name] = shape
-            self._initializers.append(proto.external_tensor(name, proto.FLOAT, shape))
+            self._inputs.append(proto.value_info(name, proto.FLOAT, shape))
         elif self._weights[name] != shape:
             raise ValueError(f"weight {name} declared with shapes {self._weights[name]} and "
                              f"{shape}")
+        return name
+
+    def stored(self, name: str, array: np.ndarray) -> str:
+        """A weight stored in the graph under ``name``: a constant to the runtime, which may
+        then lay it out for its fastest kernels (the CNN's convolutions)."""
+        if name in self._weights or name in self._stored:
+            raise ValueError(f"weight {name} given twice")
+        self._stored.append(name)
+        self._initializers.append(proto.tensor(name, np.asarray(array, np.float32)))
         return name
 
     def const(self, value: float | int | Sequence | np.ndarray, dtype: type = np.float32
@@ -98,4 +111,4 @@ class GraphBuilder:
         model = proto.model(self._nodes, self._inputs, self._outputs, self._initializers,
                             self.name)
         return Graph(self.name, model, dict(self._weights), list(self._input_names),
-                     list(self._output_names))
+                     list(self._output_names), list(self._stored))

@@ -147,45 +147,52 @@ def conv1d(g: GraphBuilder, x: str, prefix: str, shape: tuple[int, int, int], bi
 # The audio encoder (steps 2-5)
 
 
-def _conv_layer(g: GraphBuilder, x: str, arch: Wav2Vec2Architecture, i: int, channels: int
-                ) -> str:
-    prefix = f"{AUDIO}feature_extractor.conv_layers.{i}"
-    dim, kernel, stride = arch.conv_dim[i], arch.conv_kernel[i], arch.conv_stride[i]
-    return conv1d(g, x, f"{prefix}.conv", (dim, channels, kernel), arch.conv_bias,
-                  strides=[stride])
+def _conv_layer(g: GraphBuilder, x: str, arch: Wav2Vec2Architecture, i: int,
+                weights: dict[str, np.ndarray]) -> str:
+    """Convolution ``i`` over (1, C, 1, L): a 2-D convolution with a 1 × k kernel and its
+    weights stored in the graph, which ONNX Runtime runs with its blocked-layout kernels."""
+    prefix = f"{AUDIO}feature_extractor.conv_layers.{i}.conv"
+    kernel, stride = arch.conv_kernel[i], arch.conv_stride[i]
+    inputs = [x, g.stored(f"{prefix}.weight", weights[f"{prefix}.weight"][:, :, None, :])]
+    if arch.conv_bias:
+        inputs.append(g.stored(f"{prefix}.bias", weights[f"{prefix}.bias"]))
+    return g.op("Conv", *inputs, kernel_shape=[1, kernel], strides=[1, stride])
 
 
 def _layer_normed_conv(g: GraphBuilder, x: str, arch: Wav2Vec2Architecture, i: int) -> str:
-    """The "layer" variant: LayerNorm over channels after each convolution."""
+    """The "layer" variant: LayerNorm over channels after each convolution, (1, C, 1, L)."""
     prefix = f"{AUDIO}feature_extractor.conv_layers.{i}.layer_norm"
-    x = g.op("Transpose", x, perm=[0, 2, 1])
+    x = g.op("Transpose", x, perm=[0, 2, 3, 1])
     x = layer_norm(g, x, prefix, arch.conv_dim[i], CONV_NORM_EPS)
-    return g.op("Transpose", x, perm=[0, 2, 1])
+    return g.op("Transpose", x, perm=[0, 3, 1, 2])
 
 
-def cnn_graph(arch: Wav2Vec2Architecture) -> Graph:
+def cnn_graph(arch: Wav2Vec2Architecture, weights: dict[str, np.ndarray]) -> Graph:
     """The convolutional feature encoder over a piece of waveform: (1, S) → (1, C, L).
 
-    With GroupNorm ("group"), the first layer's normalisation comes from statistics of the
-    whole window, not of the piece: it is a per-channel scale and shift of a linear layer, so
-    the caller folds it into that layer's weight and bias and gives them as inputs
-    (``first_weight`` (C, 1, k), ``first_bias`` (C,)), one multiply and add less per sample."""
+    The convolutions are 2-D over (1, C, 1, L) with their weights stored in the graph (from
+    ``weights``): ONNX Runtime lays constant 2-D convolution weights out for its blocked
+    kernels, faster than its 1-D convolution (measured on a 47 s window: 4-5 % faster with
+    ONNX Runtime 1.30 and 1.31, 2 % with 1.23). With GroupNorm ("group"), the first layer's normalisation
+    comes from statistics of the whole window, not of the piece: it is a per-channel scale and
+    shift of a linear layer, so the caller folds it into that layer's weight and bias and gives
+    them with each run (``first_weight`` (C, 1, 1, k), ``first_bias`` (C,)), one multiply and
+    add less per sample."""
     g = GraphBuilder("emote_cnn")
     wave = g.input("waveform", np.float32, [1, "samples"])
-    x = g.op("Unsqueeze", wave, g.ints(1))  # (1, 1, S)
-    channels = 1
+    x = g.op("Unsqueeze", wave, g.ints(1, 2))  # (1, 1, 1, S)
     for i in range(len(arch.conv_dim)):
         if arch.feat_extract_norm == "group" and i == 0:
             dim, kernel = arch.conv_dim[0], arch.conv_kernel[0]
-            x = g.op("Conv", x, g.input("first_weight", np.float32, [dim, 1, kernel]),
-                     g.input("first_bias", np.float32, [dim]), kernel_shape=[kernel],
-                     strides=[arch.conv_stride[0]])
+            x = g.op("Conv", x, g.input("first_weight", np.float32, [dim, 1, 1, kernel]),
+                     g.input("first_bias", np.float32, [dim]), kernel_shape=[1, kernel],
+                     strides=[1, arch.conv_stride[0]])
         else:
-            x = _conv_layer(g, x, arch, i, channels)
+            x = _conv_layer(g, x, arch, i, weights)
         if arch.feat_extract_norm == "layer":
             x = _layer_normed_conv(g, x, arch, i)
         x = gelu(g, x)
-        channels = arch.conv_dim[i]
+    x = g.op("Squeeze", x, g.ints(2))
     g.output(x, "cnn_features", [1, arch.conv_dim[-1], "length"])
     return g.build()
 
@@ -341,12 +348,11 @@ def decoder_graph(config: EmoteConfig) -> Graph:
 # --------------------------------------------------------------------------------------------
 
 
-def emote_graphs(config: EmoteConfig) -> dict[str, Graph]:
-    """The graphs of ``config``, by name."""
-    arch = config.audio
-    graphs = {"cnn": cnn_graph(arch), "audio_encoder": audio_encoder_graph(config),
-              "decoder": decoder_graph(config)}
-    return graphs
+def emote_graphs(config: EmoteConfig, weights: dict[str, np.ndarray]) -> dict[str, Graph]:
+    """The graphs of ``config``, by name; ``weights`` (:func:`prepare_weights`) gives the CNN
+    the weights it stores."""
+    return {"cnn": cnn_graph(config.audio, weights),
+            "audio_encoder": audio_encoder_graph(config), "decoder": decoder_graph(config)}
 
 
 def prepare_weights(config: EmoteConfig, state: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -79,14 +79,6 @@ def tensor(name: str, array: np.ndarray) -> bytes:
     return body
 
 
-def external_tensor(name: str, dtype: int, shape: Sequence[int]) -> bytes:
-    """A TensorProto whose data is supplied when the session is made
-    (``SessionOptions.add_initializer``): only its name, type and shape are here."""
-    body = b"".join(_int(1, d) for d in shape) + _int(2, dtype) + _str(8, name)
-    body += _bytes(13, _str(1, "location") + _str(2, "bound-at-session-creation"))
-    return body + _int(14, 1)  # data_location = EXTERNAL
-
-
 def value_info(name: str, dtype: int, shape: Sequence[int | str] | None) -> bytes:
     """A ValueInfoProto: a graph input or output with its element type and (symbolic) shape."""
     tensor_type_body = _int(1, dtype)
