@@ -5,6 +5,7 @@ the graphs as valid ONNX; no torch on its path; cancel inside a window; determin
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -292,3 +293,11 @@ def test_torch_state_and_onnx_weights_share_names(official_full):
     assert {"first_weight", "first_bias"} <= set(graphs["cnn"].inputs)
     torch_keys = set(random_model(official_full.config).state_dict())
     assert torch_keys == state
+
+
+@pytest.mark.skipif("EMOTE_EXPECT_ONNX_RUNTIME" not in os.environ,
+                    reason="only where tools/test.sh runs these tests on another ONNX Runtime")
+def test_these_tests_ran_on_the_onnx_runtime_asked_for():
+    import onnxruntime
+
+    assert onnxruntime.__version__ == os.environ["EMOTE_EXPECT_ONNX_RUNTIME"]
