@@ -16,7 +16,7 @@ from . import onnx_proto as proto
 @dataclass
 class Graph:
     """A serialised ONNX model, the weights it expects with every run (graph inputs of fixed
-    shape, by name), and its other inputs and outputs."""
+    shape, by name), its other inputs and outputs, and the weights stored in it."""
 
     name: str
     model: bytes

@@ -173,11 +173,13 @@ def cnn_graph(arch: Wav2Vec2Architecture, weights: dict[str, np.ndarray]) -> Gra
     The convolutions are 2-D over (1, C, 1, L) with their weights stored in the graph (from
     ``weights``): ONNX Runtime lays constant 2-D convolution weights out for its blocked
     kernels, faster than its 1-D convolution (measured on a 47 s window: 4-5 % faster with
-    ONNX Runtime 1.30 and 1.31, 2 % with 1.23). With GroupNorm ("group"), the first layer's normalisation
-    comes from statistics of the whole window, not of the piece: it is a per-channel scale and
-    shift of a linear layer, so the caller folds it into that layer's weight and bias and gives
-    them with each run (``first_weight`` (C, 1, 1, k), ``first_bias`` (C,)), one multiply and
-    add less per sample."""
+    ONNX Runtime 1.30 and 1.31, 2 % with 1.23).
+
+    With GroupNorm ("group"), the first layer's normalisation comes from statistics of the
+    whole window, not of the piece: it is a per-channel scale and shift of a linear layer, so
+    the caller folds it into that layer's weight and bias and gives them with each run
+    (``first_weight`` (C, 1, 1, k), ``first_bias`` (C,)), one multiply and add less per
+    sample."""
     g = GraphBuilder("emote_cnn")
     wave = g.input("waveform", np.float32, [1, "samples"])
     x = g.op("Unsqueeze", wave, g.ints(1, 2))  # (1, 1, 1, S)
