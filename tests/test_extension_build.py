@@ -149,8 +149,9 @@ def test_pins_follow_the_platform_markers(tmp_path):
 def test_a_requirement_the_build_cannot_read_is_refused(tmp_path, text, message):
     listed = tmp_path / "requirements.txt"
     listed.write_text(text)
-    with pytest.raises(build_extension.BuildError, match=message):
+    with pytest.raises(build_extension.BuildError, match=message) as refused:
         build_extension.requirements(listed, "linux-x64")
+    assert str(refused.value).startswith(f"{listed}: ")  # names the file it read
 
 
 def test_each_platform_gets_its_own_onnx_runtime():

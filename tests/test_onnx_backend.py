@@ -301,3 +301,17 @@ def test_these_tests_ran_on_the_onnx_runtime_asked_for():
     import onnxruntime
 
     assert onnxruntime.__version__ == os.environ["EMOTE_EXPECT_ONNX_RUNTIME"]
+
+
+def test_a_weight_is_either_given_with_each_run_or_stored_never_both():
+    from server.graphs.builder import GraphBuilder
+
+    given = GraphBuilder("t")
+    given.weight("w", (2, 3))
+    with pytest.raises(ValueError, match="weight w given twice"):
+        given.stored("w", np.zeros((2, 3), np.float32))
+    stored = GraphBuilder("t")
+    stored.stored("w", np.zeros((2, 3), np.float32))
+    with pytest.raises(ValueError, match="weight w given twice"):
+        stored.weight("w", (2, 3))
+    assert stored.build().stored == ["w"] and stored.build().weights == {}

@@ -142,15 +142,15 @@ def this_platform() -> str:
 
 def marker_holds(marker: str, platform_name: str) -> bool:
     """Whether an environment marker (``sys_platform`` / ``platform_machine`` compared with
-    ``==`` or ``!=``, joined by ``and`` and ``or``) holds on ``platform_name``."""
+    ``==`` or ``!=``, joined by ``and`` and ``or``) holds on ``platform_name``;
+    ``ValueError`` for any other marker."""
     environment = MARKERS[platform_name]
 
     def test(text: str) -> bool:
         found = MARKER_TEST.match(text.strip())
         if found is None or found[1] not in environment:
-            raise BuildError(f"{REQUIREMENTS.name}: the marker '{marker}' is not one this "
-                             "build reads (sys_platform or platform_machine, == or !=, "
-                             "joined by and / or).")
+            raise ValueError(f"the marker '{marker.strip()}' is not one this build reads "
+                             "(sys_platform or platform_machine, == or !=, joined by and / or)")
         return (environment[found[1]] == found[3]) == (found[2] == "==")
 
     return any(all(test(part) for part in alternative.split(" and "))
@@ -162,23 +162,26 @@ def requirements(path: Path = REQUIREMENTS, platform_name: str | None = None
     """The pinned ``(name, version)`` pairs of the requirements file for ``platform_name``
     (default: this machine's), its environment markers applied; one pin per name."""
     platform_name = platform_name or this_platform()
-    pins: dict[str, str] = {}
+    pins: dict[str, tuple[str, str]] = {}  # by normalised name
     for line in path.read_text().splitlines():
         line = line.split("#", 1)[0].strip()
         if not line:
             continue
         line, _, marker = line.partition(";")
-        if marker.strip() and not marker_holds(marker, platform_name):
-            continue
+        try:
+            if marker.strip() and not marker_holds(marker, platform_name):
+                continue
+        except ValueError as exc:
+            raise BuildError(f"{path}: {exc}.") from None
         name, sep, version = line.partition("==")
         if not sep:
             raise BuildError(f"{path}: '{line.strip()}' is not pinned; write it as "
                              "name==version.")
         name = name.strip()
-        if normalise(name) in {normalise(n) for n in pins}:
+        if normalise(name) in pins:
             raise BuildError(f"{path}: {name} is pinned twice for {platform_name}.")
-        pins[name] = version.strip()
-    return list(pins.items())
+        pins[normalise(name)] = (name, version.strip())
+    return list(pins.values())
 
 
 def pick_wheel(cache: Path, name: str, version: str, platform: str, python: str) -> Path | None:

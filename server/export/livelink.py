@@ -81,7 +81,6 @@ EYE_COLUMNS = ("LeftEyeYaw", "LeftEyePitch", "LeftEyeRoll",
                "RightEyeYaw", "RightEyePitch", "RightEyeRoll")
 HEADER = ("Timecode", "BlendShapeCount") + LIVELINK_BLENDSHAPES + HEAD_COLUMNS + EYE_COLUMNS
 BLENDSHAPE_COUNT = len(LIVELINK_BLENDSHAPES) + len(HEAD_COLUMNS) + len(EYE_COLUMNS)  # 61
-# Canonical ARKit name (Apple's spelling) of each coefficient column, in column order.
 ANGLE_UNIT = "radians"
 DECIMALS = 7  # 5e-8 rounding: far below what a rig resolves, and the reader's 1e-6 round trip
 MAX_FPS = 100  # two timecode digits for the frame

@@ -61,6 +61,8 @@ class GraphBuilder:
         """A float32 weight given with every run under ``name``: a graph input of fixed shape,
         so the runtime computes from the caller's array in place."""
         shape = tuple(int(d) for d in shape)
+        if name in self._stored:
+            raise ValueError(f"weight {name} given twice")
         if name not in self._weights:
             self._weights[name] = shape
             self._inputs.append(proto.value_info(name, proto.FLOAT, shape))
